@@ -1,0 +1,1 @@
+"""HTTP API: the native SSE chat API, the OpenAI-compatible API, and operations routes."""

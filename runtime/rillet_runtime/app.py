@@ -1,0 +1,93 @@
+"""`create_app(settings)`: the FastAPI app and the lifespan that owns every pool and client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+import httpx
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from sse_starlette.sse import AppStatus
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
+
+from rillet_runtime.api import chat, openai_compat, ops
+from rillet_runtime.api.errors import (
+    BodyLimitMiddleware,
+    http_exception_handler,
+    unhandled_exception_handler,
+    validation_exception_handler,
+)
+from rillet_runtime.app_state import LifespanState, Runtime
+from rillet_runtime.graph import GraphDeps, load_graph
+from rillet_runtime.lifecycle import Lifecycle
+from rillet_runtime.llm import build_chat_model
+from rillet_runtime.retrieval import KeywordRetriever, default_corpus_paths, load_corpus
+from rillet_runtime.settings import Settings
+from rillet_runtime.state import build_checkpointer, build_response_cache
+
+log = logging.getLogger(__name__)
+
+
+def build_retriever(settings: Settings) -> KeywordRetriever:
+    paths = settings.retrieval.corpus_paths or default_corpus_paths()
+    passages = load_corpus(paths, settings.retrieval.chunk_chars)
+    log.info("retrieval: %d passages from %s", len(passages), ", ".join(map(str, paths)))
+    return KeywordRetriever(passages)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    lifecycle = Lifecycle(settings.server.max_streams_per_worker, settings.server.drain_file)
+    # sse-starlette would cancel every open stream on SIGTERM; we drain them instead.
+    AppStatus.disable_automatic_graceful_drain()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
+        limits = httpx.Limits(
+            max_connections=settings.server.max_streams_per_worker + 20,
+            max_keepalive_connections=100,
+        )
+        async with httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds) as http:
+            model = build_chat_model(settings.model, http)
+            retriever = build_retriever(settings)
+            checkpointer = build_checkpointer(settings.state)
+            deps = GraphDeps(
+                model=model,
+                model_name=settings.model.name,
+                retriever=retriever,
+                response_cache=build_response_cache(settings.state),
+                k=settings.retrieval.k,
+                score_threshold=settings.retrieval.score_threshold,
+                history_window=settings.state.history_window,
+            )
+            graph = load_graph(settings.graph, deps, checkpointer)
+            yield {
+                "runtime": Runtime(
+                    settings=settings,
+                    lifecycle=lifecycle,
+                    graph=graph,
+                    checkpointer=checkpointer,
+                    model=model,
+                    retriever=retriever,
+                )
+            }
+
+    app = FastAPI(
+        title="Rillet runtime",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.lifecycle = lifecycle
+    app.add_exception_handler(RequestValidationError, validation_exception_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, unhandled_exception_handler)
+    app.add_middleware(GZipMiddleware, minimum_size=1024)  # never touches text/event-stream
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.include_router(chat.router)
+    app.include_router(openai_compat.router)
+    app.include_router(ops.router)
+    return app

@@ -1,0 +1,44 @@
+"""Provider failures as stable error codes for the `error` SSE event."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+
+class ProviderUnavailableError(RuntimeError):
+    """Every configured provider is failing or its circuit is open."""
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: str
+    message: str
+    retryable: bool
+
+
+def _status_code(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def classify_error(exc: BaseException) -> ErrorInfo:
+    """Map SDK exceptions (openai, anthropic, httpx) by shape, not by import."""
+    name = type(exc).__name__
+    status = _status_code(exc)
+    if isinstance(exc, ProviderUnavailableError) or name == "OpenedState":
+        return ErrorInfo("provider_unavailable", "the model provider is unavailable", True)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or "Timeout" in name:
+        return ErrorInfo("provider_timeout", "the model provider timed out", True)
+    if status == 429:
+        return ErrorInfo("provider_rate_limited", "the model provider is rate limiting", True)
+    if (status is not None and status >= 500) or "Connect" in name:
+        return ErrorInfo("provider_unavailable", "the model provider failed", True)
+    if status is not None:
+        return ErrorInfo("provider_error", f"the model provider refused the request ({status})", False)
+    return ErrorInfo("internal_error", "the run failed", False)
+
+
+def is_provider_health_failure(exc: BaseException) -> bool:
+    """What should count against a provider's circuit: not our bad requests, not cancels."""
+    return classify_error(exc).code in {"provider_unavailable", "provider_timeout"}

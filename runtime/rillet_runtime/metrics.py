@@ -1,0 +1,88 @@
+"""Prometheus metrics, correct under several gunicorn workers.
+
+`rillet serve` sets PROMETHEUS_MULTIPROC_DIR before the workers start, so every metric
+below writes to per-process files and /metrics sums them. Labels are bounded: endpoint,
+outcome, stage and cache name, never thread or run ids.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Latency buckets aimed at the targets we sell: TTFT < 500 ms, inter-token < 50 ms.
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10)
+_ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+TIME_TO_FIRST_TOKEN = Histogram(
+    "rillet_time_to_first_token_seconds",
+    "From request accepted to the first token written to the client.",
+    ["endpoint"],
+    buckets=_TTFT_BUCKETS,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "rillet_inter_token_latency_seconds",
+    "Gap between consecutive token writes to the client (after coalescing).",
+    ["endpoint"],
+    buckets=_ITL_BUCKETS,
+)
+ACTIVE_STREAMS = Gauge(
+    "rillet_active_streams",
+    "Streams being served now.",
+    multiprocess_mode="livesum",
+)
+REQUESTS = Counter(
+    "rillet_requests_total",
+    "Chat requests by endpoint and outcome.",
+    ["endpoint", "outcome"],
+)
+STAGE_DURATION = Histogram(
+    "rillet_stage_duration_seconds",
+    "Time spent per stage of a run.",
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+)
+CACHE_REQUESTS = Counter(
+    "rillet_cache_requests_total",
+    "Cache lookups by cache and result (hit or miss).",
+    ["cache", "result"],
+)
+TOKENS_STREAMED = Counter(
+    "rillet_tokens_streamed_total",
+    "Model tokens (chunks) streamed to clients.",
+    ["endpoint"],
+)
+
+
+@contextmanager
+def timed_stage(stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_DURATION.labels(stage).observe(time.perf_counter() - start)
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition for /metrics: all workers' files when multiprocess, else this process."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,152 @@
+"""Runtime settings: env vars (RILLET_ prefix, `__` for nesting) over an optional YAML file.
+
+The operator renders the file into a ConfigMap and points RILLET_SETTINGS_FILE at it;
+secrets never go in the file, they arrive as env vars from Secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+SETTINGS_FILE_ENV = "RILLET_SETTINGS_FILE"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(2, ge=1, description="gunicorn worker processes per pod")
+    max_streams_per_worker: int = Field(
+        500, ge=1, description="concurrent streams one worker accepts; over it: 503"
+    )
+    max_stream_seconds: float = Field(
+        300, gt=0, description="longest a stream may run; drain and grace periods derive from it"
+    )
+    drain_seconds: float = Field(
+        5, ge=0, description="after SIGTERM, keep answering 503 so load balancers notice"
+    )
+    drain_file: Path | None = Field(
+        None, description="while this file exists the worker is draining (set by `rillet drain`)"
+    )
+    keepalive_seconds: float = Field(5, ge=0)
+    worker_timeout_seconds: int = Field(30, ge=1, description="gunicorn heartbeat timeout")
+    max_requests: int = Field(10_000, ge=0, description="recycle a worker after N requests")
+    max_requests_jitter: int = Field(1_000, ge=0)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    retry_after_seconds: int = Field(2, ge=1)
+    metrics_dir: Path | None = Field(
+        None, description="prometheus multiprocess dir; `rillet serve` creates one if unset"
+    )
+
+    @property
+    def graceful_timeout_seconds(self) -> float:
+        """Gunicorn must outwait the longest stream, plus the drain window."""
+        return self.max_stream_seconds + self.drain_seconds + 5
+
+
+class StreamingSettings(_Section):
+    coalesce_max_chars: int = Field(32, ge=1, description="flush buffered text at this size")
+    coalesce_max_ms: float = Field(15, ge=0, description="or after this long, whichever first")
+    heartbeat_seconds: float = Field(15, ge=0, description="SSE comment heartbeat; 0 disables")
+    queue_max_events: int = Field(64, ge=1, description="backpressure bound per stream")
+    cancel_timeout_seconds: float = Field(
+        2, gt=0, description="how long a cancelled run may take to unwind"
+    )
+
+
+ProviderName = Literal["extractive", "openai", "anthropic"]
+
+
+class ProviderSettings(_Section):
+    provider: ProviderName = "extractive"
+    name: str = Field("rillet-extractive", description="model name sent to the provider")
+    base_url: str | None = None
+    api_key: SecretStr | None = Field(None, description="from env or a Secret; never a file")
+    max_tokens: int = Field(1024, ge=1)
+    temperature: float = Field(0.2, ge=0, le=2)
+    timeout_seconds: float = Field(60, gt=0)
+    max_retries: int = Field(2, ge=0, description="SDK retries before the first token")
+
+    @model_validator(mode="after")
+    def _api_key_where_required(self) -> ProviderSettings:
+        if self.provider == "anthropic" and self.api_key is None and "ANTHROPIC_API_KEY" not in os.environ:
+            raise ValueError("model.api_key is required for provider 'anthropic'")
+        if (
+            self.provider == "openai"
+            and self.api_key is None
+            and self.base_url is None
+            and "OPENAI_API_KEY" not in os.environ
+        ):
+            raise ValueError("model.api_key (or model.base_url of a keyless server) is required")
+        return self
+
+
+class ModelSettings(ProviderSettings):
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_reset_seconds: float = Field(30, gt=0)
+    fallback: ProviderSettings | None = None
+
+
+class RetrievalSettings(_Section):
+    corpus_paths: list[Path] = Field(
+        default_factory=list, description="files or folders to index; empty: the bundled docs"
+    )
+    k: int = Field(3, ge=1, le=50)
+    score_threshold: float = Field(0.0, ge=0)
+    chunk_chars: int = Field(1200, ge=200)
+
+
+class StateSettings(_Section):
+    checkpointer: Literal["memory"] = "memory"
+    history_window: int = Field(20, ge=2, description="messages kept in thread state")
+    response_cache: bool = Field(False, description="exact-match answer cache, opt-in")
+    response_cache_ttl_seconds: float = Field(600, gt=0)
+    response_cache_max_entries: int = Field(10_000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RILLET_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    graph: str | None = Field(
+        None, description="`module:attribute` of the user's graph; unset: the built-in RAG graph"
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        settings_file = os.environ.get(SETTINGS_FILE_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_file:
+            if not Path(settings_file).is_file():
+                raise FileNotFoundError(f"{SETTINGS_FILE_ENV}={settings_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=settings_file))
+        return tuple(sources)
