@@ -59,8 +59,16 @@ class Retriever(Protocol):
     async def get_passages(self, ids: Sequence[str]) -> list[Passage]: ...
 
 
+def _stem(word: str) -> str:
+    """Fold the commonest English endings so "installs" finds "install"; crude on purpose."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
 def terms(text: str) -> tuple[str, ...]:
-    return tuple(w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS)
+    return tuple(_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS)
 
 
 def split_markdown(text: str, source: str, max_chars: int) -> list[Passage]:

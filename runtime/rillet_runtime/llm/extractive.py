@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -32,6 +32,7 @@ NO_SOURCES = (
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`*\[(])")
 _TOKEN = re.compile(r"\S+\s*|\s+")
 _FENCE = re.compile(r"```.*?```", re.S)
+_MAX_CODE_CHARS = 400
 
 
 def _units(text: str) -> list[str]:
@@ -49,25 +50,55 @@ def _units(text: str) -> list[str]:
 def _sentences(prose: str) -> list[str]:
     found: list[str] = []
     for paragraph in re.split(r"\n\s*\n", prose):
+        if paragraph.lstrip().startswith("|"):
+            found.extend(row.strip() for row in paragraph.splitlines() if _is_table_row(row))
+            continue
         joined = " ".join(line.strip() for line in paragraph.splitlines() if line.strip())
         found.extend(s.strip() for s in _SENTENCE_END.split(joined) if len(s.strip()) > 2)
     return found
 
 
+def _is_table_row(row: str) -> bool:
+    return row.strip().startswith("|") and not set(row.strip()) <= set("|-: ")
+
+
 def extract_answer(question: str, sources: Sequence[QuotedSource], max_units: int = 4) -> str:
-    """The best-matching units, in source order, each cited as [n]."""
+    """The best-matching units, in source order, each cited as [n].
+
+    A unit scores by the rare question words it shares (half for code, whose string
+    literals match too easily), plus what its source's title shares: a section titled
+    like the question vouches for all its sentences. At most one short code block.
+    """
     query = set(terms(question))
-    candidates = [(src, i, unit) for src in sources for i, unit in enumerate(_units(src.text))]
+    candidates = [
+        (src, i, unit)
+        for src in sources
+        for i, unit in enumerate(_units(src.text))
+        if not unit.startswith("```") or len(unit) <= _MAX_CODE_CHARS
+    ]
     if not query or not candidates:
         return NO_SOURCES
     doc_freq = Counter(t for _, _, unit in candidates for t in set(terms(unit)))
     total = len(candidates)
 
-    def score(unit: str) -> float:
-        return sum(math.log(1 + total / doc_freq[t]) for t in query & set(terms(unit)))
+    def overlap(text: str) -> float:
+        return sum(math.log(1 + total / max(doc_freq[t], 1)) for t in query & set(terms(text)))
 
-    scored = [(score(unit), src, i, unit) for src, i, unit in candidates]
-    best = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])[:max_units]
+    title_bonus = {src.n: overlap(src.title) for src in sources}
+    scored = sorted(
+        ((_unit_score(unit, overlap) + title_bonus[src.n], src, i, unit) for src, i, unit in candidates),
+        key=lambda s: (-s[0], s[1].n, s[2]),
+    )
+    best: list[tuple[float, QuotedSource, int, str]] = []
+    has_code = False
+    for candidate in scored:
+        is_code = candidate[3].startswith("```")
+        if candidate[0] <= 0 or len(best) == max_units:
+            break
+        if is_code and has_code:
+            continue
+        has_code = has_code or is_code
+        best.append(candidate)
     if not best:
         return NO_SOURCES
     best.sort(key=lambda s: (s[1].n, s[2]))
@@ -76,6 +107,10 @@ def extract_answer(question: str, sources: Sequence[QuotedSource], max_units: in
         for _, src, _, unit in best
     ]
     return PREAMBLE + "\n\n".join(lines)
+
+
+def _unit_score(unit: str, overlap: Callable[[str], float]) -> float:
+    return overlap(unit) / 2 if unit.startswith("```") else overlap(unit)
 
 
 def _answer_for(messages: Sequence[BaseMessage]) -> tuple[str, int]:

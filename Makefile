@@ -1,0 +1,56 @@
+# Rillet: `make run` and `make test` are all a fresh machine needs.
+SHELL := bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+CACHE_DIR ?= $(or $(RILLET_CACHE),$(XDG_CACHE_HOME),$(HOME)/.cache)/rillet
+# The venv holds third-party packages only and is keyed by pyproject.toml, so every
+# checkout (and CI's fresh clone) reuses it; the project itself comes from PYTHONPATH.
+DEPS_KEY := $(shell { cat pyproject.toml; $(PYTHON) --version; } | sha256sum | cut -c1-16)
+VENV := $(CACHE_DIR)/venv-$(DEPS_KEY)
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/runtime:$(CURDIR)/operator$(if $(PYTHONPATH),:$(PYTHONPATH))
+export PATH := $(VENV)/bin:$(PATH)
+PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
+
+.PHONY: help venv run test test-unit test-integration lint format bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed:
+	$(PYTHON) -m venv --clear $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(PY) -c '$(PRINT_REQUIREMENTS)' > $(VENV)/requirements.txt
+	$(VENV)/bin/pip install --quiet --requirement $(VENV)/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed ## install the Python dependencies (cached by pyproject.toml)
+
+run: venv ## serve the API on 127.0.0.1:8000: offline model, bundled docs, in-memory state
+	$(PY) -m rillet_runtime serve
+
+test: venv lint ## the whole suite: lint, types, unit and integration tests
+	$(PY) -m pytest
+
+test-unit: venv ## unit tests only
+	$(PY) -m pytest tests/unit
+
+test-integration: venv ## integration tests only (real gunicorn, real SDKs)
+	$(PY) -m pytest tests/integration
+
+lint: venv ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: venv ## apply ruff's fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: venv ## streaming latency and memory benchmark (writes bench-results/)
+	$(PY) -m rillet_runtime.bench.streaming --out bench-results
+
+clean: ## remove caches in the checkout (the venv cache stays)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -1,0 +1,3 @@
+from rillet_runtime.cli import main
+
+main()

@@ -1,0 +1,105 @@
+"""`rillet`: one CLI for serving, draining and the local fake LLM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from rillet_runtime.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def load_settings() -> Settings:
+    """Settings or a readable exit: the field named, no traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            typer.echo(f"invalid setting {field}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def prepare_metrics_dir(configured: Path | None) -> Path:
+    """A clean multiprocess dir: stale files from an earlier run would skew the sums."""
+    path = configured or Path(tempfile.gettempdir()) / f"rillet-metrics-{os.getpid()}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (server.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="bind port (server.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (server.workers)")] = None,
+) -> None:
+    """Run the chat API under gunicorn with uvicorn workers."""
+    for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"RILLET_SERVER__{name}"] = str(value)
+    settings = load_settings()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(settings.server.metrics_dir))
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:rillet_runtime.serving.gunicorn_conf",
+        "rillet_runtime.asgi:app",
+    ]
+    # exec: gunicorn becomes this process, so it gets the pod's signals directly.
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def drain(
+    wait: Annotated[float, typer.Option(help="seconds to wait after marking (preStop)")] = 0.0,
+) -> None:
+    """Mark the pod as draining (readiness fails, new streams get 503); for a preStop hook."""
+    settings = load_settings()
+    drain_file = settings.server.drain_file
+    if drain_file is None:
+        typer.echo("server.drain_file is not set (RILLET_SERVER__DRAIN_FILE)", err=True)
+        raise typer.Exit(2)
+    drain_file.parent.mkdir(parents=True, exist_ok=True)
+    drain_file.touch()
+    time.sleep(wait)
+
+
+@app.command("fake-llm")
+def fake_llm(
+    host: str = "127.0.0.1",
+    port: int = 8400,
+    ttft_ms: Annotated[float, typer.Option(help="delay before the first token")] = 200,
+    token_delay_ms: Annotated[float, typer.Option(help="delay between tokens")] = 20,
+    answer_tokens: Annotated[int, typer.Option(help="tokens per answer")] = 64,
+    error_rate: Annotated[float, typer.Option(help="share of requests answered with 500")] = 0.0,
+) -> None:
+    """A local server speaking OpenAI's and Anthropic's streaming APIs, for tests and benchmarks."""
+    from rillet_runtime.fakellm import FakeLLMConfig, serve_fake_llm
+
+    config = FakeLLMConfig(
+        ttft_ms=ttft_ms,
+        token_delay_ms=token_delay_ms,
+        answer_tokens=answer_tokens,
+        error_rate=error_rate,
+    )
+    serve_fake_llm(config, host=host, port=port)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Process model: gunicorn master, uvicorn workers that drain instead of dropping streams."""

@@ -1,0 +1,60 @@
+"""A uvicorn worker for gunicorn that drains live streams on SIGTERM.
+
+Stock uvicorn stops accepting at once on SIGTERM and, with sse-starlette, cancels open
+streams. Here the worker first drains: /readyz fails and new streams get 503 while the
+listening socket stays open (workers hold their own copy of it), for `drain_seconds` or
+until no stream is left. Then uvicorn shuts down as usual and waits for the streams
+still running; gunicorn's graceful_timeout is the outer bound.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from rillet_runtime.lifecycle import Lifecycle
+
+
+class DrainingServer(Server):
+    def __init__(self, config: Config, lifecycle: Lifecycle, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_seconds = drain_seconds
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self.lifecycle.draining:
+            self.lifecycle.begin_drain()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        lifecycle = self.lifecycle
+        if not self.should_exit and lifecycle.draining and self._drain_done(lifecycle):
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    def _drain_done(self, lifecycle: Lifecycle) -> bool:
+        return lifecycle.active_streams == 0 or lifecycle.seconds_draining() >= self.drain_seconds
+
+
+class RilletWorker(UvicornWorker):
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False}
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        state = self.wsgi.state
+        server = DrainingServer(self.config, state.lifecycle, state.settings.server.drain_seconds)
+        self._install_sigquit_handler()
+        started = time.monotonic()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            self.log.error("worker failed to boot after %.1fs", time.monotonic() - started)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)

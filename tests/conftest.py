@@ -1,0 +1,115 @@
+"""Shared fixtures: real processes on free loopback ports, started and stopped cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+@dataclass
+class Process:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def rillet_process(
+    args: list[str], env: dict[str, str], log: Path, ready_path: str, port: int
+) -> Iterator[Process]:
+    full_env = {**os.environ, **env}
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rillet_runtime", *args],
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process = Process(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        wait_until_ready(process.url + ready_path, proc, log)
+        yield process
+    finally:
+        process.stop()
+
+
+@dataclass
+class FakeLLM:
+    """`rillet fake-llm` in its own process."""
+
+    url: str
+
+    def stats(self) -> dict[str, object]:
+        response = httpx.get(f"{self.url}/_fake/stats", timeout=5)
+        response.raise_for_status()
+        result: dict[str, object] = response.json()
+        return result
+
+
+@contextlib.contextmanager
+def fake_llm_process(tmp_path: Path, *flags: str) -> Iterator[FakeLLM]:
+    port = free_port()
+    args = ["fake-llm", "--port", str(port), *flags]
+    with rillet_process(args, {}, tmp_path / f"fake-llm-{port}.log", "/_fake/stats", port) as p:
+        yield FakeLLM(p.url)
+
+
+@contextlib.contextmanager
+def rillet_server(tmp_path: Path, workers: int = 2, **settings: str) -> Iterator[Process]:
+    """`rillet serve` (gunicorn + uvicorn workers); settings as RILLET_ env vars."""
+    port = free_port()
+    env = {
+        "RILLET_SERVER__PORT": str(port),
+        "RILLET_SERVER__WORKERS": str(workers),
+        "RILLET_SERVER__DRAIN_SECONDS": "1",
+        "RILLET_SERVER__METRICS_DIR": str(tmp_path / f"metrics-{port}"),
+        **{f"RILLET_{name.upper()}": value for name, value in settings.items()},
+    }
+    with rillet_process(["serve"], env, tmp_path / f"rillet-{port}.log", "/readyz", port) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
