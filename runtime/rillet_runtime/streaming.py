@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from uuid import UUID
 
 import anyio
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.constants import TAG_HIDDEN, TAG_NOSTREAM
 from langgraph.pregel import Pregel
 
 from rillet_runtime.llm.errors import classify_error
@@ -81,30 +84,83 @@ def _add_usage(total: dict[str, int], usage: Any) -> None:
             total[ours] = total.get(ours, 0) + int(usage.get(theirs, 0))
 
 
+class _TokenSink(AsyncCallbackHandler):
+    """Every chat model token of the run, from any node or subgraph, into the bounded queue.
+
+    A callback rather than LangGraph's `messages` stream mode, because this one is awaited
+    by the model's own streaming loop: when the queue is full the model stops reading its
+    HTTP response, so a slow client slows its producer all the way to the provider.
+    It has the methods of LangChain's streaming-handler protocol, which is what makes
+    models stream instead of answering in one piece.
+    """
+
+    def __init__(self, queue: asyncio.Queue[_Item]) -> None:
+        self.queue = queue
+        self.usage: dict[str, int] = {}
+        self.streamed_message_ids: set[str] = set()
+        self._muted: set[UUID] = set()
+
+    async def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: UUID, tags: list[str] | None = None, **kwargs: Any
+    ) -> None:
+        if tags and (TAG_NOSTREAM in tags or TAG_HIDDEN in tags):
+            self._muted.add(run_id)
+
+    async def on_llm_new_token(
+        self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
+    ) -> None:
+        if run_id in self._muted:
+            return
+        message = getattr(chunk, "message", None)
+        if message is not None:
+            _add_usage(self.usage, message.usage_metadata)
+            if message.id:
+                self.streamed_message_ids.add(message.id)
+        text = str(message.text) if message is not None else str(token or "")
+        if text:
+            await self.queue.put(("token", text))
+
+    async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._muted.discard(run_id)
+
+    def tap_output_aiter(self, run_id: UUID, output: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return output
+
+    def tap_output_iter(self, run_id: UUID, output: Iterator[Any]) -> Iterator[Any]:
+        return output
+
+
+def _unstreamed_answers(update: dict[str, Any], streamed: set[str]) -> list[str]:
+    """Answers a node returned without streaming them (a cached answer, a non-streaming model)."""
+    messages = update.get("messages", [])
+    messages = messages if isinstance(messages, list) else [messages]
+    return [
+        str(m.text)
+        for m in messages
+        if isinstance(m, AIMessage) and m.id not in streamed and m.text
+    ]
+
+
 async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
-    usage: dict[str, int] = {}
+    sink = _TokenSink(queue)
+    config: RunnableConfig = {
+        **request.config,
+        "callbacks": [*(request.config.get("callbacks") or []), sink],  # type: ignore[misc]
+    }
     finish_reason = "stop"
     try:
-        async for _namespace, mode, payload in request.graph.astream(
-            request.graph_input,
-            request.config,
-            stream_mode=["messages", "updates"],
-            subgraphs=True,
+        async for _namespace, update_by_node in request.graph.astream(
+            request.graph_input, config, stream_mode="updates", subgraphs=True
         ):
-            if mode == "messages":
-                message, _meta = payload
-                if isinstance(message, AIMessageChunk | AIMessage):
-                    _add_usage(usage, message.usage_metadata)
-                    text = str(message.text)
-                    if text:
-                        await queue.put(("token", text))
-            elif mode == "updates":
-                for node, update in payload.items():
-                    if node == "__interrupt__":
-                        finish_reason = "interrupted"
-                    elif isinstance(update, dict) and update.get("sources"):
+            for node, update in update_by_node.items():
+                if node == "__interrupt__":
+                    finish_reason = "interrupted"
+                elif isinstance(update, dict):
+                    if update.get("sources"):
                         await queue.put(("sources", list(update["sources"])))
-        await queue.put(("end", {"finish_reason": finish_reason, "usage": usage}))
+                    for text in _unstreamed_answers(update, sink.streamed_message_ids):
+                        await queue.put(("token", text))
+        await queue.put(("end", {"finish_reason": finish_reason, "usage": sink.usage}))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
