@@ -1,0 +1,72 @@
+"""Graceful drain against a real gunicorn with 2 uvicorn workers: SIGTERM while 20 streams
+are open lets all 20 finish, refuses new streams with 503, and exits within the grace
+period. The model is `rillet fake-llm` speaking OpenAI's wire protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from rillet_runtime.fakellm import answer_tokens
+from tests.conftest import fake_llm_process, rillet_server
+
+TOKENS = 40  # 50 ms apart: each stream runs about 2 s
+DRAIN_SECONDS = 3
+MAX_STREAM_SECONDS = 20
+GRACEFUL_TIMEOUT = MAX_STREAM_SECONDS + DRAIN_SECONDS + 5
+
+
+async def test_sigterm_drains_open_streams(tmp_path: Path) -> None:
+    flags = ["--ttft-ms", "50", "--token-delay-ms", "50", "--answer-tokens", str(TOKENS)]
+    with fake_llm_process(tmp_path, *flags) as fake, rillet_server(
+        tmp_path,
+        workers=2,
+        model__provider="openai",
+        model__name="fake",
+        model__base_url=f"{fake.url}/v1",
+        server__drain_seconds=str(DRAIN_SECONDS),
+        server__max_stream_seconds=str(MAX_STREAM_SECONDS),
+    ) as server:
+        first_tokens = asyncio.Semaphore(0)
+
+        async def one_stream() -> tuple[str, str]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client, aconnect_sse(
+                client, "POST", "/v1/chat/stream", json={"message": "hello there, stream please"}
+            ) as source:
+                text, last = "", ""
+                async for sse in source.aiter_sse():
+                    last = sse.event
+                    if sse.event == "token":
+                        if not text:
+                            first_tokens.release()
+                        text += json.loads(sse.data)["text"]
+                return text, last
+
+        streams = [asyncio.create_task(one_stream()) for _ in range(20)]
+        for _ in range(20):
+            await asyncio.wait_for(first_tokens.acquire(), 30)
+
+        terminated_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            refused = await client.post("/v1/chat/stream", json={"message": "one more?"})
+            readiness = await client.get("/readyz")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "draining"
+        assert refused.headers["retry-after"]
+        assert readiness.status_code == 503
+
+        results = await asyncio.gather(*streams)
+        assert [last for _, last in results] == ["done"] * 20
+        assert all(text == "".join(answer_tokens(TOKENS)) for text, _ in results)
+
+        exit_code = await asyncio.to_thread(server.proc.wait, GRACEFUL_TIMEOUT)
+        assert exit_code == 0
+        assert time.monotonic() - terminated_at < GRACEFUL_TIMEOUT
