@@ -24,7 +24,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+def wait_until_ready(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
 import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +41,7 @@ def build_retriever(settings: Settings) -> KeywordRetriever:
 def create_app(settings: Settings) -> FastAPI:
     lifecycle = Lifecycle(settings.server.max_streams_per_worker, settings.server.drain_file)
     # sse-starlette would cancel every open stream on SIGTERM; we drain them instead.
-    AppStatus.disable_automatic_graceful_drain()
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:

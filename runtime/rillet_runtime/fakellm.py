@@ -24,10 +24,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-_WORDS = (
-    "streams flow from the model through the graph to the client one token at a time while "
-    "the service keeps every latency target it promised"
-).split()
+_WORDS = [
+    "streams",
+    "flow",
+    "from",
+    "the",
+    "model",
+    "through",
+    "the",
+    "graph",
+    "to",
+    "the",
+    "client",
+    "one",
+    "token",
+    "at",
+    "a",
+    "time",
+    "while",
+    "the",
+    "service",
+    "keeps",
+    "every",
+    "latency",
+    "target",
+    "it",
+    "promised",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +64,9 @@ class FakeLLMConfig:
 
 def answer_tokens(count: int) -> list[str]:
     """The deterministic answer: tests compare what came through against this."""
-    return [(_WORDS[i % len(_WORDS)] if i == 0 else " " + _WORDS[i % len(_WORDS)]) for i in range(count)]
+    return [
+        (_WORDS[i % len(_WORDS)] if i == 0 else " " + _WORDS[i % len(_WORDS)]) for i in range(count)
+    ]
 
 
 def _per_request(config: FakeLLMConfig, request: Request) -> tuple[FakeLLMConfig, int | None]:
@@ -105,7 +130,12 @@ Frame = Callable[[int, str], bytes]
 
 
 async def _paced(
-    config: FakeLLMConfig, stats: _Stats, record: dict[str, Any], head: list[bytes], frame: Frame, tail: list[bytes]
+    config: FakeLLMConfig,
+    stats: _Stats,
+    record: dict[str, Any],
+    head: list[bytes],
+    frame: Frame,
+    tail: list[bytes],
 ) -> AsyncIterator[bytes]:
     """Tokens on a fixed schedule from the request's start, so delays never drift."""
     loop = asyncio.get_running_loop()
@@ -149,7 +179,9 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
     stats = _Stats()
     rng = random.Random(config.seed)
 
-    async def prepare(request: Request, api: str) -> tuple[dict[str, Any], FakeLLMConfig, int | None]:
+    async def prepare(
+        request: Request, api: str
+    ) -> tuple[dict[str, Any], FakeLLMConfig, int | None]:
         body: dict[str, Any] = orjson.loads(await request.body())
         stats.last_request = body
         effective, forced = _per_request(config, request)
@@ -166,34 +198,64 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
         model = body.get("model", "fake")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        usage = {"prompt_tokens": 10, "completion_tokens": effective.answer_tokens,
-                 "total_tokens": 10 + effective.answer_tokens}
+        usage = {
+            "prompt_tokens": 10,
+            "completion_tokens": effective.answer_tokens,
+            "total_tokens": 10 + effective.answer_tokens,
+        }
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             return {
-                "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
                 "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
             }
 
         if not body.get("stream"):
             record = stats.open("openai")
-            await asyncio.sleep((effective.ttft_ms + effective.answer_tokens * effective.token_delay_ms) / 1000)
+            await asyncio.sleep(
+                (effective.ttft_ms + effective.answer_tokens * effective.token_delay_ms) / 1000
+            )
             record["tokens_sent"] = effective.answer_tokens
             stats.close(record, "completed")
-            return JSONResponse({
-                "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                             "message": {"role": "assistant", "content": "".join(answer_tokens(effective.answer_tokens))}}],
-                "usage": usage,
-            })
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(answer_tokens(effective.answer_tokens)),
+                            },
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
         tail = [_sse(chunk({}, "stop"))]
         if (body.get("stream_options") or {}).get("include_usage"):
             tail.append(_sse({**chunk({}, None), "choices": [], "usage": usage}))
         tail.append(b"data: [DONE]\n\n")
         head = [_sse(chunk({"role": "assistant", "content": ""}, None))]
-        stream = _paced(effective, stats, stats.open("openai"), head,
-                        lambda _i, token: _sse(chunk({"content": token}, None)), tail)
+        stream = _paced(
+            effective,
+            stats,
+            stats.open("openai"),
+            head,
+            lambda _i, token: _sse(chunk({"content": token}, None)),
+            tail,
+        )
         return StreamingResponse(stream, media_type="text/event-stream")
 
     async def anthropic_messages(request: Request) -> Response:
@@ -205,40 +267,83 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
         text = "".join(answer_tokens(effective.answer_tokens))
         if not body.get("stream"):
             record = stats.open("anthropic")
-            await asyncio.sleep((effective.ttft_ms + effective.answer_tokens * effective.token_delay_ms) / 1000)
+            await asyncio.sleep(
+                (effective.ttft_ms + effective.answer_tokens * effective.token_delay_ms) / 1000
+            )
             record["tokens_sent"] = effective.answer_tokens
             stats.close(record, "completed")
-            return JSONResponse({
-                "id": message_id, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": effective.answer_tokens},
-            })
+            return JSONResponse(
+                {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 10, "output_tokens": effective.answer_tokens},
+                }
+            )
         head = [
-            _sse({"type": "message_start", "message": {
-                "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
-                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}},
-                "message_start"),
-            _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                 "content_block_start"),
+            _sse(
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": message_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 10, "output_tokens": 1},
+                    },
+                },
+                "message_start",
+            ),
+            _sse(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+                "content_block_start",
+            ),
             _sse({"type": "ping"}, "ping"),
         ]
         tail = [
             _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-            _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                  "usage": {"output_tokens": effective.answer_tokens}}, "message_delta"),
+            _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": effective.answer_tokens},
+                },
+                "message_delta",
+            ),
             _sse({"type": "message_stop"}, "message_stop"),
         ]
 
         def frame(_i: int, token: str) -> bytes:
-            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}}
+            delta = {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": token},
+            }
             return _sse(delta, "content_block_delta")
 
         stream = _paced(effective, stats, stats.open("anthropic"), head, frame, tail)
         return StreamingResponse(stream, media_type="text/event-stream")
 
     async def models(_: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": "fake", "object": "model", "created": 0, "owned_by": "rillet-fake-llm"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": "fake", "object": "model", "created": 0, "owned_by": "rillet-fake-llm"}
+                ],
+            }
+        )
 
     async def get_stats(_: Request) -> Response:
         return JSONResponse(stats.as_json())
@@ -250,18 +355,26 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
     async def last_request(_: Request) -> Response:
         return JSONResponse(stats.last_request)
 
-    return Starlette(routes=[
-        Route("/v1/chat/completions", openai_chat, methods=["POST"]),
-        Route("/v1/messages", anthropic_messages, methods=["POST"]),
-        Route("/v1/models", models),
-        Route("/_fake/stats", get_stats),
-        Route("/_fake/reset", reset, methods=["POST"]),
-        Route("/_fake/last_request", last_request),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+            Route("/v1/messages", anthropic_messages, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/_fake/stats", get_stats),
+            Route("/_fake/reset", reset, methods=["POST"]),
+            Route("/_fake/last_request", last_request),
+        ]
+    )
 
 
 def serve_fake_llm(config: FakeLLMConfig, host: str = "127.0.0.1", port: int = 8400) -> None:
     uvicorn.run(
-        create_fake_llm_app(config), host=host, port=port, loop="uvloop", http="httptools",
-        access_log=False, log_level="warning", backlog=4096,
+        create_fake_llm_app(config),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
     )

@@ -19,8 +19,48 @@ from rillet_runtime.metrics import timed_stage
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset(
-    "a an and are as at be by can do does for from how i in is it me my of on or so that the "
-    "this to was we what when where which who why will with you your".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "so",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "we",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
 )
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 CORPUS_SUFFIXES = (".md", ".markdown", ".txt")
@@ -76,11 +116,11 @@ def split_markdown(text: str, source: str, max_chars: int) -> list[Passage]:
     doc_title = Path(source).stem
     sections: list[tuple[str, list[str]]] = [(doc_title, [])]
     for line in text.splitlines():
-        heading = _HEADING.match(line)
-        if heading:
-            if heading.group(1) == "#" and not any(s[1] for s in sections):
-                doc_title = heading.group(2).strip()
-            sections.append((heading.group(2).strip(), []))
+        found = _HEADING.match(line)
+        if found:
+            if found.group(1) == "#" and not any(s[1] for s in sections):
+                doc_title = found.group(2).strip()
+            sections.append((found.group(2).strip(), []))
         else:
             sections[-1][1].append(line)
 

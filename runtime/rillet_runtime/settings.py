@@ -82,7 +82,11 @@ class ProviderSettings(_Section):
 
     @model_validator(mode="after")
     def _api_key_where_required(self) -> ProviderSettings:
-        if self.provider == "anthropic" and self.api_key is None and "ANTHROPIC_API_KEY" not in os.environ:
+        if (
+            self.provider == "anthropic"
+            and self.api_key is None
+            and "ANTHROPIC_API_KEY" not in os.environ
+        ):
             raise ValueError("model.api_key is required for provider 'anthropic'")
         if (
             self.provider == "openai"

@@ -70,7 +70,9 @@ class MemoryResponseCache:
 def build_response_cache(settings: StateSettings) -> ResponseCache | None:
     if not settings.response_cache:
         return None
-    return MemoryResponseCache(settings.response_cache_max_entries, settings.response_cache_ttl_seconds)
+    return MemoryResponseCache(
+        settings.response_cache_max_entries, settings.response_cache_ttl_seconds
+    )
 
 
 def response_cache_key(scope: str, model: str, question: str) -> str:

@@ -80,7 +80,10 @@ _Item = _Token | _Sources | _End | _Failed
 
 def _add_usage(total: dict[str, int], usage: Any) -> None:
     if usage:
-        for ours, theirs in (("prompt_tokens", "input_tokens"), ("completion_tokens", "output_tokens")):
+        for ours, theirs in (
+            ("prompt_tokens", "input_tokens"),
+            ("completion_tokens", "output_tokens"),
+        ):
             total[ours] = total.get(ours, 0) + int(usage.get(theirs, 0))
 
 
@@ -101,7 +104,13 @@ class _TokenSink(AsyncCallbackHandler):
         self._muted: set[UUID] = set()
 
     async def on_chat_model_start(
-        self, serialized: Any, messages: Any, *, run_id: UUID, tags: list[str] | None = None, **kwargs: Any
+        self,
+        serialized: Any,
+        messages: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
         if tags and (TAG_NOSTREAM in tags or TAG_HIDDEN in tags):
             self._muted.add(run_id)
@@ -152,6 +161,8 @@ async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
         async for _namespace, update_by_node in request.graph.astream(
             request.graph_input, config, stream_mode="updates", subgraphs=True
         ):
+            if not isinstance(update_by_node, dict):
+                continue
             for node, update in update_by_node.items():
                 if node == "__interrupt__":
                     finish_reason = "interrupted"
@@ -217,18 +228,20 @@ async def run_events(
                     yield token_event()
                     continue
                 outcome = "timeout"
-                yield event("error", {"code": "stream_timeout", "message": "the stream ran past its limit"})
+                yield event(
+                    "error", {"code": "stream_timeout", "message": "the stream ran past its limit"}
+                )
                 return
             try:
                 async with asyncio.timeout(wait_until - now):
                     item = await queue.get()
             except TimeoutError:
                 continue
-            kind = item[0]
-            if kind == "token":
+            kind, value = item
+            if isinstance(value, str):
                 TOKENS_STREAMED.labels(request.endpoint).inc()
-                buffer.append(item[1])
-                buffered += len(item[1])
+                buffer.append(value)
+                buffered += len(value)
                 if first_token_at is None or buffered >= settings.coalesce_max_chars:
                     yield token_event()
                 elif len(buffer) == 1:
@@ -236,15 +249,15 @@ async def run_events(
                 continue
             if buffer:
                 yield token_event()
-            if kind == "sources":
-                yield event("sources", {"sources": item[1]})
-            elif kind == "end":
+            if kind == "sources" and isinstance(value, list):
+                yield event("sources", {"sources": value})
+            elif kind == "end" and isinstance(value, dict):
                 outcome = "completed"
                 ttft = None if first_token_at is None else first_token_at - request.started_at
                 yield event(
                     "done",
                     {
-                        **item[1],
+                        **value,
                         "timings": {
                             "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
                             "total_ms": round((time.perf_counter() - request.started_at) * 1000, 2),
@@ -252,8 +265,8 @@ async def run_events(
                     },
                 )
                 return
-            else:
-                info = classify_error(item[1])
+            elif isinstance(value, BaseException):
+                info = classify_error(value)
                 outcome = "error"
                 yield event(
                     "error",
@@ -267,7 +280,10 @@ async def run_events(
             task.cancel()
             # Shielded: the caller may itself be cancelled (client gone), and we still
             # want the run to unwind before the slot is reused.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(settings.cancel_timeout_seconds):
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(settings.cancel_timeout_seconds),
+            ):
                 await asyncio.wait({task})
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.warning("run %s ended with %r", request.run_id, task.exception())

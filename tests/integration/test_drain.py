@@ -24,21 +24,30 @@ GRACEFUL_TIMEOUT = MAX_STREAM_SECONDS + DRAIN_SECONDS + 5
 
 async def test_sigterm_drains_open_streams(tmp_path: Path) -> None:
     flags = ["--ttft-ms", "50", "--token-delay-ms", "50", "--answer-tokens", str(TOKENS)]
-    with fake_llm_process(tmp_path, *flags) as fake, rillet_server(
-        tmp_path,
-        workers=2,
-        model__provider="openai",
-        model__name="fake",
-        model__base_url=f"{fake.url}/v1",
-        server__drain_seconds=str(DRAIN_SECONDS),
-        server__max_stream_seconds=str(MAX_STREAM_SECONDS),
-    ) as server:
+    with (
+        fake_llm_process(tmp_path, *flags) as fake,
+        rillet_server(
+            tmp_path,
+            workers=2,
+            model__provider="openai",
+            model__name="fake",
+            model__base_url=f"{fake.url}/v1",
+            server__drain_seconds=str(DRAIN_SECONDS),
+            server__max_stream_seconds=str(MAX_STREAM_SECONDS),
+        ) as server,
+    ):
         first_tokens = asyncio.Semaphore(0)
 
         async def one_stream() -> tuple[str, str]:
-            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client, aconnect_sse(
-                client, "POST", "/v1/chat/stream", json={"message": "hello there, stream please"}
-            ) as source:
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=60) as client,
+                aconnect_sse(
+                    client,
+                    "POST",
+                    "/v1/chat/stream",
+                    json={"message": "hello there, stream please"},
+                ) as source,
+            ):
                 text, last = "", ""
                 async for sse in source.aiter_sse():
                     last = sse.event

@@ -37,9 +37,10 @@ def failing_fake(module_tmp: Path) -> Iterator[FakeLLM]:
 
 
 def stream(url: str, message: str = QUESTION) -> list[tuple[str, dict[str, object]]]:
-    with httpx.Client(timeout=60) as client, connect_sse(
-        client, "POST", f"{url}/v1/chat/stream", json={"message": message}
-    ) as source:
+    with (
+        httpx.Client(timeout=60) as client,
+        connect_sse(client, "POST", f"{url}/v1/chat/stream", json={"message": message}) as source,
+    ):
         return [(sse.event, json.loads(sse.data)) for sse in source.iter_sse()]
 
 
@@ -51,7 +52,9 @@ async def test_official_sdks_parse_the_fake_servers_streams(fake: FakeLLM) -> No
     """The real openai and anthropic SDKs against the fake server's wire formats."""
     oai = openai.AsyncOpenAI(base_url=f"{fake.url}/v1", api_key="test", max_retries=0)
     chunks = await oai.chat.completions.create(
-        model="fake", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="fake",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         extra_headers={"x-fake-token-delay-ms": "0"},
     )
     text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
@@ -60,14 +63,18 @@ async def test_official_sdks_parse_the_fake_servers_streams(fake: FakeLLM) -> No
 
     claude = anthropic.AsyncAnthropic(base_url=fake.url, api_key="test", max_retries=0)
     async with claude.messages.stream(
-        model="claude-fake", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
+        model="claude-fake",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "hi"}],
         extra_headers={"x-fake-token-delay-ms": "0"},
     ) as message_stream:
         text = "".join([t async for t in message_stream.text_stream])
     assert text == EXPECTED
     with pytest.raises(anthropic.RateLimitError):
         await claude.messages.create(
-            model="claude-fake", max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+            model="claude-fake",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
             extra_headers={"x-fake-error": "429"},
         )
     await claude.close()
@@ -76,7 +83,11 @@ async def test_official_sdks_parse_the_fake_servers_streams(fake: FakeLLM) -> No
 @pytest.fixture(scope="module")
 def openai_server(module_tmp: Path, fake: FakeLLM) -> Iterator[Process]:
     with rillet_server(
-        module_tmp, workers=1, model__provider="openai", model__name="fake", model__base_url=f"{fake.url}/v1"
+        module_tmp,
+        workers=1,
+        model__provider="openai",
+        model__name="fake",
+        model__base_url=f"{fake.url}/v1",
     ) as server:
         yield server
 
@@ -97,9 +108,15 @@ def test_langchain_openai_streams_through_rillet(openai_server: Process, fake: F
 def test_client_disconnect_stops_the_upstream_request_within_a_second(
     openai_server: Process, fake: FakeLLM
 ) -> None:
-    with httpx.Client(timeout=60) as client, connect_sse(
-        client, "POST", f"{openai_server.url}/v1/chat/stream", json={"message": "tell me a long story"}
-    ) as source:
+    with (
+        httpx.Client(timeout=60) as client,
+        connect_sse(
+            client,
+            "POST",
+            f"{openai_server.url}/v1/chat/stream",
+            json={"message": "tell me a long story"},
+        ) as source,
+    ):
         tokens = 0
         for sse in source.iter_sse():
             tokens += sse.event == "token"
@@ -123,8 +140,12 @@ def test_client_disconnect_stops_the_upstream_request_within_a_second(
 
 def test_langchain_anthropic_streams_through_rillet(module_tmp: Path, fake: FakeLLM) -> None:
     with rillet_server(
-        module_tmp, workers=1, model__provider="anthropic", model__name="claude-fake",
-        model__base_url=fake.url, model__api_key="test-key",
+        module_tmp,
+        workers=1,
+        model__provider="anthropic",
+        model__name="claude-fake",
+        model__base_url=fake.url,
+        model__api_key="test-key",
     ) as server:
         events = stream(server.url)
     assert events[-1][0] == "done"
@@ -133,16 +154,25 @@ def test_langchain_anthropic_streams_through_rillet(module_tmp: Path, fake: Fake
     assert done["usage"]["completion_tokens"] == TOKENS  # type: ignore[index]
     sent = httpx.get(f"{fake.url}/_fake/last_request").json()
     assert sent["model"] == "claude-fake"
-    assert "<source" in sent["system"] if isinstance(sent["system"], str) else "<source" in sent["system"][0]["text"]
+    assert (
+        "<source" in sent["system"]
+        if isinstance(sent["system"], str)
+        else "<source" in sent["system"][0]["text"]
+    )
 
 
 def test_failing_provider_gives_an_error_event_then_the_breaker_opens(
     module_tmp: Path, failing_fake: FakeLLM
 ) -> None:
     with rillet_server(
-        module_tmp, workers=1, model__provider="openai", model__name="fake",
-        model__base_url=f"{failing_fake.url}/v1", model__max_retries="0",
-        model__breaker_failure_threshold="3", model__breaker_reset_seconds="60",
+        module_tmp,
+        workers=1,
+        model__provider="openai",
+        model__name="fake",
+        model__base_url=f"{failing_fake.url}/v1",
+        model__max_retries="0",
+        model__breaker_failure_threshold="3",
+        model__breaker_reset_seconds="60",
     ) as server:
         outcomes = [stream(server.url)[-1] for _ in range(5)]
     assert all(name == "error" for name, _ in outcomes)
@@ -154,10 +184,19 @@ def test_failing_provider_gives_an_error_event_then_the_breaker_opens(
 def test_fallback_provider_answers_when_the_primary_fails(
     module_tmp: Path, fake: FakeLLM, failing_fake: FakeLLM
 ) -> None:
-    fallback = {"provider": "anthropic", "name": "claude-fake", "base_url": fake.url, "api_key": "k"}
+    fallback = {
+        "provider": "anthropic",
+        "name": "claude-fake",
+        "base_url": fake.url,
+        "api_key": "k",
+    }
     with rillet_server(
-        module_tmp, workers=1, model__provider="openai", model__name="fake",
-        model__base_url=f"{failing_fake.url}/v1", model__max_retries="0",
+        module_tmp,
+        workers=1,
+        model__provider="openai",
+        model__name="fake",
+        model__base_url=f"{failing_fake.url}/v1",
+        model__max_retries="0",
         model__fallback=json.dumps(fallback),
     ) as server:
         events = stream(server.url)

@@ -27,7 +27,10 @@ def server(module_tmp: Path) -> Iterator[Process]:
 
 
 def stream_events(url: str, body: dict[str, object]) -> list[tuple[str, str, dict[str, object]]]:
-    with httpx.Client(timeout=30) as client, connect_sse(client, "POST", f"{url}/v1/chat/stream", json=body) as source:
+    with (
+        httpx.Client(timeout=30) as client,
+        connect_sse(client, "POST", f"{url}/v1/chat/stream", json=body) as source,
+    ):
         assert source.response.headers["content-type"].startswith("text/event-stream")
         assert source.response.headers["x-accel-buffering"] == "no"
         assert "content-encoding" not in source.response.headers
@@ -58,7 +61,9 @@ def assert_quotes_the_docs(answer: str) -> None:
     """Grounded: every quoted unit appears word for word in the bundled docs."""
     assert answer.startswith(PREAMBLE)
     corpus = " ".join(" ".join(p.read_text().split()) for p in DOCS.rglob("*.md"))
-    quotes = [re.sub(r"\s*\[\d+\]$", "", unit) for unit in answer.removeprefix(PREAMBLE).split("\n\n")]
+    quotes = [
+        re.sub(r"\s*\[\d+\]$", "", unit) for unit in answer.removeprefix(PREAMBLE).split("\n\n")
+    ]
     assert quotes
     for quote in quotes:
         assert " ".join(quote.split()) in corpus
@@ -69,7 +74,9 @@ def test_chat_json_and_thread_lifecycle(server: Process) -> None:
         first = client.post("/v1/chat", json={"message": "hello", "thread_id": "thread-lifecycle"})
         assert first.status_code == 200, first.text
         assert first.json()["sources"] == []  # small talk skips retrieval
-        second = client.post("/v1/chat", json={"message": QUESTION, "thread_id": "thread-lifecycle"})
+        second = client.post(
+            "/v1/chat", json={"message": QUESTION, "thread_id": "thread-lifecycle"}
+        )
         assert second.json()["sources"]
 
         thread = client.get("/v1/threads/thread-lifecycle").json()
@@ -86,17 +93,61 @@ def test_chat_json_and_thread_lifecycle(server: Process) -> None:
     [
         (b'{"message": ', {"content-type": "application/json"}, 400, "malformed_json", None),
         (b"{}", {"content-type": "application/json"}, 422, "invalid_request", "message"),
-        (b'{"message": ""}', {"content-type": "application/json"}, 422, "invalid_request", "message"),
-        (b'{"message": "hi", "thread_id": "../etc"}', {"content-type": "application/json"}, 422, "invalid_request", "thread_id"),
-        (b'{"message": "hi", "colour": 1}', {"content-type": "application/json"}, 422, "invalid_request", "colour"),
-        (b"message=hi", {"content-type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", None),
-        (b'{"message": "' + b"x" * 2_000_000 + b'"}', {"content-type": "application/json"}, 413, "body_too_large", None),
+        (
+            b'{"message": ""}',
+            {"content-type": "application/json"},
+            422,
+            "invalid_request",
+            "message",
+        ),
+        (
+            b'{"message": "hi", "thread_id": "../etc"}',
+            {"content-type": "application/json"},
+            422,
+            "invalid_request",
+            "thread_id",
+        ),
+        (
+            b'{"message": "hi", "colour": 1}',
+            {"content-type": "application/json"},
+            422,
+            "invalid_request",
+            "colour",
+        ),
+        (
+            b"message=hi",
+            {"content-type": "application/x-www-form-urlencoded"},
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            b'{"message": "' + b"x" * 2_000_000 + b'"}',
+            {"content-type": "application/json"},
+            413,
+            "body_too_large",
+            None,
+        ),
     ],
-    ids=["malformed-json", "missing-message", "empty-message", "bad-thread-id", "unknown-field", "wrong-content-type", "oversized"],
+    ids=[
+        "malformed-json",
+        "missing-message",
+        "empty-message",
+        "bad-thread-id",
+        "unknown-field",
+        "wrong-content-type",
+        "oversized",
+    ],
 )
 @pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
 def test_bad_requests_get_a_clear_4xx(
-    server: Process, path: str, content: bytes, headers: dict[str, str], status: int, code: str, param: str | None
+    server: Process,
+    path: str,
+    content: bytes,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+    param: str | None,
 ) -> None:
     response = httpx.post(server.url + path, content=content, headers=headers, timeout=30)
     assert response.status_code == status
@@ -137,7 +188,8 @@ async def test_official_openai_sdk_streams_from_chat_completions(server: Process
     streamed = "".join(pieces)
     assert_quotes_the_docs(streamed)
     assert finish_reasons[-1] == "stop"
-    assert usage is not None and usage.completion_tokens > 0
+    assert usage is not None
+    assert usage.completion_tokens > 0
 
     whole = await client.chat.completions.create(
         model="rillet", messages=[{"role": "user", "content": QUESTION}]
@@ -145,7 +197,9 @@ async def test_official_openai_sdk_streams_from_chat_completions(server: Process
     assert whole.choices[0].message.content == streamed
 
     with pytest.raises(openai.NotFoundError):
-        await client.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
+        await client.chat.completions.create(
+            model="gpt-nope", messages=[{"role": "user", "content": "hi"}]
+        )
     await client.close()
 
 
@@ -162,19 +216,25 @@ async def test_metrics_sum_all_workers(server: Process) -> None:
         started = _metric(before, "rillet_requests_total", completed_label)
 
         async def one_stream() -> None:
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as own:  # own connection
-                async with aconnect_sse(own, "POST", "/v1/chat/stream", json={"message": QUESTION}) as source:
-                    async for _ in source.aiter_sse():
-                        pass
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=30) as own,  # own connection
+                aconnect_sse(own, "POST", "/v1/chat/stream", json={"message": QUESTION}) as source,
+            ):
+                async for _ in source.aiter_sse():
+                    pass
 
         await asyncio.gather(*(one_stream() for _ in range(20)))
         after = (await client.get("/metrics")).text
 
     assert _metric(after, "rillet_requests_total", completed_label) - started == 20
-    assert _metric(after, "rillet_time_to_first_token_seconds_count", '{endpoint="chat_stream"}') >= 20
+    assert (
+        _metric(after, "rillet_time_to_first_token_seconds_count", '{endpoint="chat_stream"}') >= 20
+    )
     assert _metric(after, "rillet_stage_duration_seconds_count", '{stage="retrieval"}') >= 20
     assert _metric(after, "rillet_active_streams") == 0
-    worker_files = {p.name.rsplit("_", 1)[-1] for p in (server_metrics_dir(server)).glob("counter_*.db")}
+    worker_files = {
+        p.name.rsplit("_", 1)[-1] for p in (server_metrics_dir(server)).glob("counter_*.db")
+    }
     assert len(worker_files) == 2, "both workers should have written counters"
 
 

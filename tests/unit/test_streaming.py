@@ -45,7 +45,7 @@ async def test_first_token_goes_alone_then_text_is_coalesced_by_size() -> None:
     events, slot = start(model, coalesce_max_chars=32, coalesce_max_ms=1000)
     received = await collect(events)
 
-    assert [e.event for e in received][0] == "metadata"
+    assert next(e.event for e in received) == "metadata"
     assert received[-1].event == "done"
     tokens = [e.data["text"] for e in received if e.event == "token"]
     assert tokens[0] == "abcde"
@@ -102,7 +102,11 @@ async def test_a_failing_model_ends_the_stream_with_an_error_event(
     events, slot = start(ScriptedModel(tokens=[], fail_with=error))
     received = await collect(events)
     assert [e.event for e in received] == ["metadata", "error"]
-    assert received[-1].data == {"code": code, "message": received[-1].data["message"], "retryable": retryable}
+    assert received[-1].data == {
+        "code": code,
+        "message": received[-1].data["message"],
+        "retryable": retryable,
+    }
     assert "bug" not in received[-1].data["message"]  # internals stay in the log
     assert slot.releases == 1
 

@@ -126,7 +126,9 @@ def _thread_message(message: BaseMessage) -> ThreadMessage:
 async def _existing_thread_state(runtime: Runtime, thread_id: str) -> Any:
     state = await runtime.graph.aget_state({"configurable": {"thread_id": thread_id}})
     if state.created_at is None:
-        raise ApiError(404, "thread_not_found", f"thread {thread_id!r} does not exist", param="thread_id")
+        raise ApiError(
+            404, "thread_not_found", f"thread {thread_id!r} does not exist", param="thread_id"
+        )
     return state
 
 

@@ -62,11 +62,17 @@ def error_response(
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in {"body", "query", "path"} else [str(p) for p in loc]
+    parts = (
+        [str(p) for p in loc[1:]]
+        if loc and loc[0] in {"body", "query", "path"}
+        else [str(p) for p in loc]
+    )
     return ".".join(parts) or str(loc[0] if loc else "body")
 
 
-async def validation_exception_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def validation_exception_handler(
+    request: Request, exc: RequestValidationError
+) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         detail = next(e for e in errors if e.get("type") == "json_invalid")
@@ -80,7 +86,13 @@ async def validation_exception_handler(request: Request, exc: RequestValidationE
 
 async def http_exception_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "param", None), exc.headers)
+    return error_response(
+        exc.status_code,
+        code,
+        str(exc.detail),
+        getattr(exc, "param", None),
+        dict(exc.headers or {}) or None,
+    )
 
 
 async def unhandled_exception_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -110,7 +122,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(413, "body_too_large", f"request body exceeds {self.max_bytes} bytes")
+        too_large = error_response(
+            413, "body_too_large", f"request body exceeds {self.max_bytes} bytes"
+        )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await too_large(scope, receive, send)

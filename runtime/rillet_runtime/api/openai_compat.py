@@ -95,7 +95,9 @@ def to_langchain(messages: list[CompletionMessage]) -> list[BaseMessage]:
     return converted
 
 
-def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> ServerSentEvent:
+def _chunk(
+    completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None
+) -> ServerSentEvent:
     body = {
         "id": completion_id,
         "object": "chat.completion.chunk",
@@ -108,7 +110,11 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], 
 
 def _usage(usage: dict[str, int]) -> dict[str, int]:
     prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 async def openai_chunks(
@@ -120,7 +126,9 @@ async def openai_chunks(
     async for event in events:
         match event.event:
             case "metadata":
-                yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None)
+                yield _chunk(
+                    completion_id, model, created, {"role": "assistant", "content": ""}, None
+                )
             case "token":
                 yield _chunk(completion_id, model, created, {"content": event.data["text"]}, None)
             case "done":
@@ -154,13 +162,22 @@ async def _with_thread_cleanup(
 @router.post("/chat/completions", dependencies=[Depends(require_json)], response_model=None)
 async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep) -> Any:
     if body.model not in served_models(runtime):
-        raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here", param="model")
+        raise ApiError(
+            404, "model_not_found", f"model {body.model!r} is not served here", param="model"
+        )
     if body.messages[-1].role != "user":
-        raise ApiError(422, "invalid_request", "messages: the last message must be from the user", param="messages")
+        raise ApiError(
+            422,
+            "invalid_request",
+            "messages: the last message must be from the user",
+            param="messages",
+        )
     endpoint = "chat_completions"
     slot = admit_stream(runtime, endpoint)
     thread_id = f"oai-{uuid.uuid4().hex}"
-    run = new_run(runtime, {"messages": to_langchain(body.messages)}, thread_id, endpoint, body.user)
+    run = new_run(
+        runtime, {"messages": to_langchain(body.messages)}, thread_id, endpoint, body.user
+    )
     events = events_for(runtime, run, slot)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

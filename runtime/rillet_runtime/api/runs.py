@@ -43,10 +43,14 @@ def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
     retry_after = {"Retry-After": str(runtime.settings.server.retry_after_seconds)}
     if lifecycle.draining:
         REQUESTS.labels(endpoint, "rejected_draining").inc()
-        raise ApiError(503, "draining", "this instance is shutting down; retry", headers=retry_after)
+        raise ApiError(
+            503, "draining", "this instance is shutting down; retry", headers=retry_after
+        )
     if not lifecycle.try_acquire_stream():
         REQUESTS.labels(endpoint, "rejected_capacity").inc()
-        raise ApiError(503, "over_capacity", "too many concurrent streams; retry", headers=retry_after)
+        raise ApiError(
+            503, "over_capacity", "too many concurrent streams; retry", headers=retry_after
+        )
     ACTIVE_STREAMS.inc()
     return StreamSlot(lifecycle.release_stream)
 
@@ -78,7 +82,9 @@ def events_for(runtime: Runtime, run: RunRequest, slot: StreamSlot) -> AsyncIter
 class SlotEventSourceResponse(EventSourceResponse):
     """Gives the stream slot back even if the client left before the body started."""
 
-    def __init__(self, content: AsyncIterator[ServerSentEvent], slot: StreamSlot, ping: float) -> None:
+    def __init__(
+        self, content: AsyncIterator[ServerSentEvent], slot: StreamSlot, ping: float
+    ) -> None:
         super().__init__(content, ping=ping, sep="\n")
         self._slot = slot
 

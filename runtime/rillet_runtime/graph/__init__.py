@@ -30,11 +30,15 @@ def _import_attribute(reference: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise GraphLoadError(f"RILLET_GRAPH={reference!r}: cannot import {module_name}: {exc}") from exc
+        raise GraphLoadError(
+            f"RILLET_GRAPH={reference!r}: cannot import {module_name}: {exc}"
+        ) from exc
     try:
         return getattr(module, attribute)
     except AttributeError:
-        raise GraphLoadError(f"RILLET_GRAPH={reference!r}: {module_name} has no {attribute!r}") from None
+        raise GraphLoadError(
+            f"RILLET_GRAPH={reference!r}: {module_name} has no {attribute!r}"
+        ) from None
 
 
 def load_graph(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
@@ -109,7 +109,7 @@ def build_rag_graph(
         removals = [RemoveMessage(id=m.id) for m in state["messages"][: max(overflow, 0)] if m.id]
         return {"messages": [*removals, answer]}
 
-    def after_prepare(state: ChatState) -> Literal["generate", "__end__"]:
+    def after_prepare(state: ChatState) -> str:
         return END if state.get("cached") else "generate"
 
     builder = StateGraph(ChatState)

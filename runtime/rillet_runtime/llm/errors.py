@@ -35,7 +35,9 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     if (status is not None and status >= 500) or "Connect" in name:
         return ErrorInfo("provider_unavailable", "the model provider failed", True)
     if status is not None:
-        return ErrorInfo("provider_error", f"the model provider refused the request ({status})", False)
+        return ErrorInfo(
+            "provider_error", f"the model provider refused the request ({status})", False
+        )
     return ErrorInfo("internal_error", "the run failed", False)
 
 

@@ -86,7 +86,10 @@ def extract_answer(question: str, sources: Sequence[QuotedSource], max_units: in
 
     title_bonus = {src.n: overlap(src.title) for src in sources}
     scored = sorted(
-        ((_unit_score(unit, overlap) + title_bonus[src.n], src, i, unit) for src, i, unit in candidates),
+        (
+            (_unit_score(unit, overlap) + title_bonus[src.n], src, i, unit)
+            for src, i, unit in candidates
+        ),
         key=lambda s: (-s[0], s[1].n, s[2]),
     )
     best: list[tuple[float, QuotedSource, int, str]] = []

@@ -22,7 +22,7 @@ def provider_model(settings: ProviderSettings, http_client: httpx.AsyncClient) -
         return ChatOpenAI(
             model=settings.name,
             base_url=settings.base_url,
-            api_key=api_key or (_KEYLESS if settings.base_url else None),  # type: ignore[arg-type]
+            api_key=api_key or (_KEYLESS if settings.base_url else None),
             max_completion_tokens=settings.max_tokens,
             temperature=settings.temperature,
             timeout=settings.timeout_seconds,
@@ -31,7 +31,7 @@ def provider_model(settings: ProviderSettings, http_client: httpx.AsyncClient) -
             http_async_client=http_client,
         )
     if settings.provider == "anthropic":
-        return ChatAnthropic(  # type: ignore[call-arg]
+        return ChatAnthropic(
             model=settings.name,
             base_url=settings.base_url,
             api_key=api_key,

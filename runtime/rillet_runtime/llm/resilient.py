@@ -18,8 +18,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field
 from purgatory import AsyncCircuitBreakerFactory
+from pydantic import ConfigDict, Field
 
 from rillet_runtime.llm.errors import ProviderUnavailableError, is_provider_health_failure
 
@@ -116,7 +116,9 @@ class ResilientChatModel(BaseChatModel):
         for _, model in self._candidates():
             started = False
             try:
-                for chunk in model._stream(messages, stop=stop, **self._call_kwargs(model, dict(kwargs))):
+                for chunk in model._stream(
+                    messages, stop=stop, **self._call_kwargs(model, dict(kwargs))
+                ):
                     started = True
                     yield chunk
                 return

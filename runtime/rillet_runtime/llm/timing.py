@@ -17,7 +17,9 @@ class LLMStageTimer(BaseCallbackHandler):
     def __init__(self) -> None:
         self._started: dict[UUID, float] = {}
 
-    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any
+    ) -> None:
         self._started[run_id] = time.perf_counter()
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 from gunicorn.arbiter import Arbiter
 from uvicorn.config import Config
@@ -45,8 +45,12 @@ class DrainingServer(Server):
         return lifecycle.active_streams == 0 or lifecycle.seconds_draining() >= self.drain_seconds
 
 
-class RilletWorker(UvicornWorker):
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False}
+class RilletWorker(UvicornWorker):  # type: ignore[misc]
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+    }
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
