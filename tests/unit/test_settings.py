@@ -35,7 +35,7 @@ def test_a_missing_settings_file_is_named(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_unknown_and_invalid_settings_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RILLET_SERVER__WORKERS", "0")
-    with pytest.raises(ValidationError, match="server.workers"):
+    with pytest.raises(ValidationError, match=r"server\.workers"):
         Settings()
 
 
