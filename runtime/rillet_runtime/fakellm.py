@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import orjson
@@ -178,13 +178,14 @@ def _anthropic_error(status: int) -> Response:
 def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
     stats = _Stats()
     rng = random.Random(config.seed)
+    current = [config]  # `POST /_fake/config` swaps the defaults between benchmark phases
 
     async def prepare(
         request: Request, api: str
     ) -> tuple[dict[str, Any], FakeLLMConfig, int | None]:
         body: dict[str, Any] = orjson.loads(await request.body())
         stats.last_request = body
-        effective, forced = _per_request(config, request)
+        effective, forced = _per_request(current[0], request)
         if forced is None and effective.error_rate and rng.random() < effective.error_rate:
             forced = 500
         if forced:
@@ -352,6 +353,10 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
         stats.reset()
         return Response(status_code=204)
 
+    async def set_config(request: Request) -> Response:
+        current[0] = replace(current[0], **orjson.loads(await request.body()))
+        return JSONResponse(asdict(current[0]))
+
     async def last_request(_: Request) -> Response:
         return JSONResponse(stats.last_request)
 
@@ -363,6 +368,7 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
             Route("/_fake/stats", get_stats),
             Route("/_fake/reset", reset, methods=["POST"]),
             Route("/_fake/last_request", last_request),
+        Route("/_fake/config", set_config, methods=["POST"]),
         ]
     )
 

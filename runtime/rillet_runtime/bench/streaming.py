@@ -149,11 +149,21 @@ def worker_rss(master: subprocess.Popen[bytes]) -> int:
     return sum(child.memory_info().rss for child in psutil.Process(master.pid).children())
 
 
-async def memory_per_1000_streams(rillet: Target, master: subprocess.Popen[bytes]) -> dict[str, float]:
-    """Open 1,000 long streams on the one worker and compare its memory with idle."""
+async def memory_per_1000_streams(
+    rillet: Target, master: subprocess.Popen[bytes], fake_url: str
+) -> dict[str, float]:
+    """Hold 1,000 streams open on the one worker and compare its memory with idle."""
+    httpx.post(f"{fake_url}/_fake/config", json={"answer_tokens": 100_000}).raise_for_status()
     idle = worker_rss(master)
     streams = [asyncio.create_task(one_stream(rillet)) for _ in range(1000)]
-    await asyncio.sleep(4)  # all connected, all past their first token, none finished
+    ready_url = f"http://127.0.0.1:{rillet.port}/readyz"
+    async with httpx.AsyncClient(timeout=60) as client:
+        for _ in range(300):  # until the worker reports all 1,000 open
+            await asyncio.sleep(1)
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(ready_url)).json().get("active_streams", 0) >= 1000:
+                    break
+    await asyncio.sleep(2)  # every stream past its first token
     loaded = worker_rss(master)
     for task in streams:
         task.cancel()
@@ -209,7 +219,7 @@ async def run(out: Path, levels: list[int], tokens: int) -> dict[str, object]:
                 row = await wave(target, concurrency)
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
-        memory = await memory_per_1000_streams(rillet, master)
+        memory = await memory_per_1000_streams(rillet, master, f"http://127.0.0.1:{fake_port}")
 
     added = []
     for concurrency in levels:
