@@ -69,8 +69,6 @@ def create_app(settings: Settings) -> FastAPI:
                     lifecycle=lifecycle,
                     graph=graph,
                     checkpointer=checkpointer,
-                    model=model,
-                    retriever=retriever,
                 )
             }
 

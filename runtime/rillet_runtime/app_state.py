@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 
 from rillet_runtime.lifecycle import Lifecycle
-from rillet_runtime.retrieval import Retriever
 from rillet_runtime.settings import Settings
 
 
@@ -22,8 +20,6 @@ class Runtime:
     lifecycle: Lifecycle
     graph: Pregel[Any, Any, Any, Any]
     checkpointer: BaseCheckpointSaver[Any]
-    model: BaseChatModel
-    retriever: Retriever
 
 
 class LifespanState(TypedDict):

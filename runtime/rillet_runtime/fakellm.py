@@ -192,6 +192,16 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
             stats.close(stats.open(api), "error")
         return body, effective, forced
 
+    async def whole_answer(effective: FakeLLMConfig, api: str) -> str:
+        """A non-streaming answer takes as long as the stream would have."""
+        record = stats.open(api)
+        await asyncio.sleep(
+            (effective.ttft_ms + effective.answer_tokens * effective.token_delay_ms) / 1000
+        )
+        record["tokens_sent"] = effective.answer_tokens
+        stats.close(record, "completed")
+        return "".join(answer_tokens(effective.answer_tokens))
+
     async def openai_chat(request: Request) -> Response:
         body, effective, forced = await prepare(request, "openai")
         if forced:
@@ -218,12 +228,7 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
             }
 
         if not body.get("stream"):
-            record = stats.open("openai")
-            await asyncio.sleep(
-                (effective.ttft_ms + effective.answer_tokens * effective.token_delay_ms) / 1000
-            )
-            record["tokens_sent"] = effective.answer_tokens
-            stats.close(record, "completed")
+            text = await whole_answer(effective, "openai")
             return JSONResponse(
                 {
                     "id": completion_id,
@@ -237,7 +242,7 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
                             "logprobs": None,
                             "message": {
                                 "role": "assistant",
-                                "content": "".join(answer_tokens(effective.answer_tokens)),
+                                "content": text,
                             },
                         }
                     ],
@@ -265,14 +270,8 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
             return _anthropic_error(forced)
         model = body.get("model", "claude-fake")
         message_id = f"msg_{uuid.uuid4().hex}"
-        text = "".join(answer_tokens(effective.answer_tokens))
         if not body.get("stream"):
-            record = stats.open("anthropic")
-            await asyncio.sleep(
-                (effective.ttft_ms + effective.answer_tokens * effective.token_delay_ms) / 1000
-            )
-            record["tokens_sent"] = effective.answer_tokens
-            stats.close(record, "completed")
+            text = await whole_answer(effective, "anthropic")
             return JSONResponse(
                 {
                     "id": message_id,
@@ -368,7 +367,7 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
             Route("/_fake/stats", get_stats),
             Route("/_fake/reset", reset, methods=["POST"]),
             Route("/_fake/last_request", last_request),
-        Route("/_fake/config", set_config, methods=["POST"]),
+            Route("/_fake/config", set_config, methods=["POST"]),
         ]
     )
 

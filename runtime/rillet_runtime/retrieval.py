@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -84,11 +84,10 @@ class Hit:
 
 @dataclass(frozen=True)
 class PreparedQuery:
-    """What a retriever needs to search: terms for keyword search, a vector for ANN."""
+    """What a retriever needs to search, computed once in the prepare step."""
 
     text: str
     terms: tuple[str, ...]
-    vector: tuple[float, ...] | None = field(default=None)
 
 
 class Retriever(Protocol):

@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -104,7 +105,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": cuts[49] * 1000, "p90": cuts[89] * 1000, "p99": cuts[98] * 1000}
 
 
-async def wave(target: Target, concurrency: int) -> dict[str, object]:
+async def wave(target: Target, concurrency: int) -> dict[str, Any]:
     results = await asyncio.gather(*(one_stream(target) for _ in range(concurrency)))
     ttfts = [r.ttft for r in results if r.ttft is not None]
     gaps = [g for r in results for g in r.gaps]
@@ -118,7 +119,9 @@ async def wave(target: Target, concurrency: int) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], env: dict[str, str], ready_url: str, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rillet_runtime", *args],
@@ -150,14 +153,14 @@ def worker_rss(master: subprocess.Popen[bytes]) -> int:
 
 
 async def memory_per_1000_streams(
-    rillet: Target, master: subprocess.Popen[bytes], fake_url: str
+    rillet: Target, master: subprocess.Popen[bytes], fake_url: str, tokens: int
 ) -> dict[str, float]:
     """Hold 1,000 streams open on the one worker and compare its memory with idle."""
-    httpx.post(f"{fake_url}/_fake/config", json={"answer_tokens": 100_000}).raise_for_status()
-    idle = worker_rss(master)
-    streams = [asyncio.create_task(one_stream(rillet)) for _ in range(1000)]
     ready_url = f"http://127.0.0.1:{rillet.port}/readyz"
     async with httpx.AsyncClient(timeout=60) as client:
+        await client.post(f"{fake_url}/_fake/config", json={"answer_tokens": 100_000})
+        idle = worker_rss(master)
+        streams = [asyncio.create_task(one_stream(rillet)) for _ in range(1000)]
         for _ in range(300):  # until the worker reports all 1,000 open
             await asyncio.sleep(1)
             with contextlib.suppress(httpx.HTTPError):
@@ -168,17 +171,26 @@ async def memory_per_1000_streams(
     for task in streams:
         task.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
-    return {"idle_mib": idle / 2**20, "open_1000_mib": loaded / 2**20, "per_1000_mib": (loaded - idle) / 2**20}
+    async with httpx.AsyncClient(timeout=60) as client:
+        await client.post(f"{fake_url}/_fake/config", json={"answer_tokens": tokens})
+        for _ in range(120):  # until the worker has cancelled every run
+            if not (await client.get(ready_url)).json().get("active_streams", 0):
+                break
+            await asyncio.sleep(0.5)
+    return {
+        "idle_mib": idle / 2**20,
+        "open_1000_mib": loaded / 2**20,
+        "per_1000_mib": (loaded - idle) / 2**20,
+    }
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| concurrency | target | ok | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         ttft, itl = row["ttft_ms"], row["inter_token_ms"]
-        assert isinstance(ttft, dict) and isinstance(itl, dict)
         lines.append(
             f"| {row['concurrency']} | {row['target']} | {row['ok']}/{row['concurrency']} | "
             f"{ttft['p50']:.1f} | {ttft['p99']:.1f} | {itl['p50']:.1f} | {itl['p99']:.1f} |"
@@ -186,11 +198,20 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-async def run(out: Path, levels: list[int], tokens: int) -> dict[str, object]:
+async def run(levels: list[int], tokens: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))
     fake_port, rillet_port = _free_port(), _free_port()
-    fake_args = ["fake-llm", "--port", str(fake_port), "--ttft-ms", str(TTFT_MS),
-                 "--token-delay-ms", str(TOKEN_DELAY_MS), "--answer-tokens", str(tokens)]
+    fake_args = [
+        "fake-llm",
+        "--port",
+        str(fake_port),
+        "--ttft-ms",
+        str(TTFT_MS),
+        "--token-delay-ms",
+        str(TOKEN_DELAY_MS),
+        "--answer-tokens",
+        str(tokens),
+    ]
     rillet_env = {
         "RILLET_SERVER__PORT": str(rillet_port),
         "RILLET_SERVER__WORKERS": "1",
@@ -201,70 +222,104 @@ async def run(out: Path, levels: list[int], tokens: int) -> dict[str, object]:
         "RILLET_MODEL__BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
     }
     direct = Target(
-        "fake model direct (baseline)", fake_port, "/v1/chat/completions",
-        json.dumps({"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode(),
-        b'"delta":{"content":', b"[DONE]",
+        "fake model direct (baseline)",
+        fake_port,
+        "/v1/chat/completions",
+        json.dumps(
+            {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode(),
+        b'"delta":{"content":',
+        b"[DONE]",
     )
     rillet = Target(
-        "through Rillet (1 worker)", rillet_port, "/v1/chat/stream",
-        json.dumps({"message": "How do I install Rillet?"}).encode(), b"event: token", b"event: done",
+        "through Rillet (1 worker)",
+        rillet_port,
+        "/v1/chat/stream",
+        json.dumps({"message": "How do I install Rillet?"}).encode(),
+        b"event: token",
+        b"event: done",
     )
-    rows: list[dict[str, object]] = []
-    with process(fake_args, {}, f"http://127.0.0.1:{fake_port}/_fake/stats", work / "fake.log"), process(
-        ["serve"], rillet_env, f"http://127.0.0.1:{rillet_port}/readyz", work / "rillet.log"
-    ) as master:
+    rows: list[dict[str, Any]] = []
+    with (
+        process(fake_args, {}, f"http://127.0.0.1:{fake_port}/_fake/stats", work / "fake.log"),
+        process(
+            ["serve"], rillet_env, f"http://127.0.0.1:{rillet_port}/readyz", work / "rillet.log"
+        ) as master,
+    ):
         await wave(rillet, 20)  # warm up imports, pools and caches
+        # Memory first, while the worker's heap has not yet grown for a big wave.
+        memory = await memory_per_1000_streams(
+            rillet, master, f"http://127.0.0.1:{fake_port}", tokens
+        )
         for concurrency in levels:
             for target in (direct, rillet):  # side by side, same client, same moment
                 row = await wave(target, concurrency)
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
-        memory = await memory_per_1000_streams(rillet, master, f"http://127.0.0.1:{fake_port}")
 
     added = []
     for concurrency in levels:
-        base, ours = (next(r for r in rows if r["concurrency"] == concurrency and r["target"] == t.name)
-                      for t in (direct, rillet))
-        b_ttft, o_ttft = base["ttft_ms"], ours["ttft_ms"]
-        b_itl, o_itl = base["inter_token_ms"], ours["inter_token_ms"]
-        assert isinstance(b_ttft, dict) and isinstance(o_ttft, dict)
-        assert isinstance(b_itl, dict) and isinstance(o_itl, dict)
-        added.append({
-            "concurrency": concurrency,
-            "added_ttft_p50_ms": o_ttft["p50"] - b_ttft["p50"],
-            "added_ttft_p99_ms": o_ttft["p99"] - b_ttft["p99"],
-            "inter_token_p99_ms": o_itl["p99"],
-            "inter_token_p99_ratio": o_itl["p99"] / b_itl["p99"],
-        })
-    result: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        base, ours = (
+            next(r for r in rows if r["concurrency"] == concurrency and r["target"] == t.name)
+            for t in (direct, rillet)
+        )
+        added.append(
+            {
+                "concurrency": concurrency,
+                "added_ttft_p50_ms": ours["ttft_ms"]["p50"] - base["ttft_ms"]["p50"],
+                "added_ttft_p99_ms": ours["ttft_ms"]["p99"] - base["ttft_ms"]["p99"],
+                "inter_token_p99_ms": ours["inter_token_ms"]["p99"],
+                "inter_token_p99_ratio": ours["inter_token_ms"]["p99"]
+                / base["inter_token_ms"]["p99"],
+            }
+        )
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "model": {"ttft_ms": TTFT_MS, "token_delay_ms": TOKEN_DELAY_MS, "answer_tokens": tokens},
         "waves": rows,
         "added_by_runtime": added,
         "memory": memory,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "streaming.json").write_text(json.dumps(result, indent=2))
-    summary = "\n".join(
-        [table(rows), "", "| concurrency | added TTFT p50 | added TTFT p99 | inter-token p99 (ratio to model) |",
-         "|---:|---:|---:|---:|"]
-        + [f"| {a['concurrency']} | {a['added_ttft_p50_ms']:.1f} ms | {a['added_ttft_p99_ms']:.1f} ms | "
-           f"{a['inter_token_p99_ms']:.1f} ms ({a['inter_token_p99_ratio']:.2f}x) |" for a in added]
-        + ["", f"worker RSS idle {memory['idle_mib']:.0f} MiB, with 1,000 open streams "
-               f"{memory['open_1000_mib']:.0f} MiB: {memory['per_1000_mib']:.0f} MiB per 1,000 streams"]
-    )
-    (out / "streaming.md").write_text(summary + "\n")
-    print(summary)
-    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    memory = result["memory"]
+    lines = [
+        table(result["waves"]),
+        "",
+        "| concurrency | added TTFT p50 | added TTFT p99 | inter-token p99 (ratio to model) |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {a['concurrency']} | {a['added_ttft_p50_ms']:.1f} ms | {a['added_ttft_p99_ms']:.1f} ms"
+        f" | {a['inter_token_p99_ms']:.1f} ms ({a['inter_token_p99_ratio']:.2f}x) |"
+        for a in result["added_by_runtime"]
+    ]
+    lines += [
+        "",
+        f"worker RSS idle {memory['idle_mib']:.0f} MiB, with 1,000 open streams "
+        f"{memory['open_1000_mib']:.0f} MiB: {memory['per_1000_mib']:.0f} MiB per 1,000 streams",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--levels", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--tokens", type=int, default=50)
     args = parser.parse_args()
-    asyncio.run(run(args.out, args.levels, args.tokens))
+    result = asyncio.run(run(args.levels, args.tokens))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "streaming.json").write_text(json.dumps(result, indent=2))
+    (args.out / "streaming.md").write_text(summary(result) + "\n")
+    print(summary(result))
 
 
 if __name__ == "__main__":
