@@ -60,7 +60,8 @@ def new_run(
 ) -> RunRequest:
     run_id = uuid.uuid4()
     config: RunnableConfig = {
-        "configurable": {"thread_id": thread_id, "tenant": tenant},
+        # run_id in `configurable` too: checkpoint metadata records it (delete_for_runs).
+        "configurable": {"thread_id": thread_id, "tenant": tenant, "run_id": str(run_id)},
         "run_id": run_id,
         "callbacks": [LLMStageTimer()],
     }

@@ -1,0 +1,311 @@
+"""RedisCheckpointSaver against a real redis-server: LangGraph's checkpointer behaviours
+through the async and the sync API, the key layout, compression, TTLs and crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import pytest
+import redis
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.types import Command, interrupt
+from redis.crc import key_slot
+
+from rillet_runtime.state.redis_saver import RedisCheckpointSaver
+from tests.conftest import RedisServer
+
+API = pytest.mark.parametrize("api", ["async", "sync"])
+
+
+@pytest.fixture
+async def saver(redis_server: RedisServer) -> AsyncIterator[RedisCheckpointSaver]:
+    redis.Redis.from_url(redis_server.url).flushdb()
+    saver = RedisCheckpointSaver.from_url(redis_server.url, ttl_seconds=3600, compress_min_bytes=1024)
+    yield saver
+    await saver.aclose()
+
+
+async def call(api: str, target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """The same call through the sync API (in a thread) or the async one."""
+    if api == "sync":
+        return await asyncio.to_thread(getattr(target, method), *args, **kwargs)
+    return await getattr(target, "a" + method)(*args, **kwargs)
+
+
+async def history(api: str, graph: Any, config: Any) -> list[Any]:
+    if api == "sync":
+        return await asyncio.to_thread(lambda: list(graph.get_state_history(config)))
+    return [s async for s in graph.aget_state_history(config)]
+
+
+def echo_graph(saver: RedisCheckpointSaver) -> Any:
+    def reply(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage(content=f"echo: {state['messages'][-1].content}")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("reply", reply)
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    return builder.compile(checkpointer=saver)
+
+
+@API
+async def test_multi_turn_threads_and_time_travel(api: str, saver: RedisCheckpointSaver) -> None:
+    graph = echo_graph(saver)
+    config = {"configurable": {"thread_id": f"multi-{api}"}}
+    for text in ("one", "two", "three"):
+        await call(api, graph, "invoke", {"messages": [HumanMessage(content=text)]}, config)
+    state = await call(api, graph, "get_state", config)
+    assert [m.content for m in state.values["messages"]] == [
+        "one", "echo: one", "two", "echo: two", "three", "echo: three"
+    ]
+
+    snapshots = await history(api, graph, config)
+    ids = [s.config["configurable"]["checkpoint_id"] for s in snapshots]
+    assert ids == sorted(ids, reverse=True)  # newest first
+    after_first_turn = next(s for s in snapshots if len(s.values.get("messages", [])) == 2 and not s.next)
+
+    # Time travel: continue from the first turn, forking the thread.
+    forked = await call(api, graph, "invoke", {"messages": [HumanMessage(content="again")]}, after_first_turn.config)
+    assert [m.content for m in forked["messages"]] == ["one", "echo: one", "again", "echo: again"]
+    latest = await call(api, graph, "get_state", config)
+    assert latest.values["messages"][-1].content == "echo: again"
+    assert latest.parent_config is not None
+
+
+@API
+async def test_interrupt_and_resume(api: str, saver: RedisCheckpointSaver) -> None:
+    class State(TypedDict):
+        answer: str
+
+    def ask(state: State) -> dict[str, Any]:
+        return {"answer": interrupt("approve?")}
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    builder.add_edge("ask", END)
+    graph = builder.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": f"interrupt-{api}"}}
+
+    first = await call(api, graph, "invoke", {"answer": ""}, config)
+    assert first["__interrupt__"][0].value == "approve?"
+    waiting = await call(api, graph, "get_state", config)
+    assert waiting.next == ("ask",)
+    assert waiting.tasks[0].interrupts[0].value == "approve?"
+
+    resumed = await call(api, graph, "invoke", Command(resume="yes"), config)
+    assert resumed == {"answer": "yes"}
+
+
+@API
+async def test_subgraph_namespaces_are_kept_apart(api: str, saver: RedisCheckpointSaver) -> None:
+    class State(TypedDict):
+        log: Annotated[list[str], operator.add]
+
+    def inner_step(state: State) -> dict[str, Any]:
+        return {"log": [f"inner:{interrupt('inner?')}"]}
+
+    inner = StateGraph(State)
+    inner.add_node("inner_step", inner_step)
+    inner.add_edge(START, "inner_step")
+    inner.add_edge("inner_step", END)
+
+    outer = StateGraph(State)
+    outer.add_node("sub", inner.compile())
+    outer.add_edge(START, "sub")
+    outer.add_edge("sub", END)
+    graph = outer.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": f"subgraph-{api}"}}
+
+    await call(api, graph, "invoke", {"log": ["start"]}, config)
+    state = await call(api, graph, "get_state", config, subgraphs=True)
+    sub_state = state.tasks[0].state
+    assert sub_state.config["configurable"]["checkpoint_ns"].startswith("sub:")
+    assert sub_state.next == ("inner_step",)
+
+    done = await call(api, graph, "invoke", Command(resume="ok"), config)
+    assert done["log"] == ["start", "start", "inner:ok"]
+    root_only = [t async for t in saver.alist({"configurable": {"thread_id": f"subgraph-{api}", "checkpoint_ns": ""}})]
+    assert root_only
+    assert all(t.config["configurable"]["checkpoint_ns"] == "" for t in root_only)
+
+
+@API
+async def test_parallel_writes_survive_a_failed_sibling(api: str, saver: RedisCheckpointSaver) -> None:
+    """A node that succeeded is not re-run when its parallel sibling failed and is retried."""
+
+    class State(TypedDict):
+        items: Annotated[list[str], operator.add]
+
+    runs = {"steady": 0, "flaky": 0}
+
+    def steady(state: State) -> dict[str, Any]:
+        runs["steady"] += 1
+        return {"items": ["steady"]}
+
+    def flaky(state: State) -> dict[str, Any]:
+        runs["flaky"] += 1
+        if runs["flaky"] == 1:
+            raise RuntimeError("first attempt fails")
+        return {"items": ["flaky"]}
+
+    builder = StateGraph(State)
+    builder.add_node("steady", steady)
+    builder.add_node("flaky", flaky)
+    builder.add_edge(START, "steady")
+    builder.add_edge(START, "flaky")
+    builder.add_edge("steady", END)
+    builder.add_edge("flaky", END)
+    graph = builder.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": f"parallel-{api}"}}
+
+    with pytest.raises(RuntimeError, match="first attempt"):
+        await call(api, graph, "invoke", {"items": []}, config)
+    pending = await call(api, saver, "get_tuple", config)
+    assert any(channel == "items" for _, channel, _ in pending.pending_writes)
+
+    result = await call(api, graph, "invoke", None, config)
+    assert sorted(result["items"]) == ["flaky", "steady"]
+    assert runs == {"steady": 1, "flaky": 2}
+
+
+@API
+async def test_list_filters_before_and_limit(api: str, saver: RedisCheckpointSaver) -> None:
+    graph = echo_graph(saver)
+    config = {"configurable": {"thread_id": f"list-{api}"}}
+    for text in ("a", "b"):
+        await call(api, graph, "invoke", {"messages": [HumanMessage(content=text)]}, config)
+
+    def listed(**kwargs: Any) -> Callable[[], list[Any]]:
+        return lambda: list(saver.list(config, **kwargs))
+
+    async def listing(**kwargs: Any) -> list[Any]:
+        if api == "sync":
+            return await asyncio.to_thread(listed(**kwargs))
+        return [t async for t in saver.alist(config, **kwargs)]
+
+    everything = await listing()
+    assert len(everything) == 6  # input + loop step per turn, two turns
+    inputs = await listing(filter={"source": "input"})
+    assert len(inputs) == 2  # one per turn
+    assert all(t.metadata["source"] == "input" for t in inputs)
+    assert len(await listing(filter={"source": "loop", "step": 1})) == 1  # steps run on across turns
+    assert len(await listing(limit=3)) == 3
+    older = await listing(before=everything[1].config)
+    assert [t.config for t in older] == [t.config for t in everything[2:]]
+    other_thread = [t async for t in saver.alist({"configurable": {"thread_id": "nobody"}})]
+    assert other_thread == []
+
+
+async def test_delete_copy_prune_and_delete_for_runs(saver: RedisCheckpointSaver) -> None:
+    graph = echo_graph(saver)
+    source = {"configurable": {"thread_id": "source"}}
+    for text in ("a", "b", "c"):  # run ids travel in `configurable`, as LangGraph's server does
+        run_config = {"configurable": {"thread_id": "source", "run_id": f"run-{text}"}}
+        await graph.ainvoke({"messages": [HumanMessage(content=text)]}, run_config)
+
+    await saver.acopy_thread("source", "copy")
+    copied = await graph.aget_state({"configurable": {"thread_id": "copy"}})
+    original = await graph.aget_state(source)
+    assert copied.values == original.values
+
+    await saver.aprune(["copy"], strategy="keep_latest")
+    kept = [t async for t in saver.alist({"configurable": {"thread_id": "copy"}})]
+    assert len(kept) == 1
+    assert (await graph.aget_state({"configurable": {"thread_id": "copy"}})).values == original.values
+
+    await saver.adelete_thread("copy")
+    assert await saver.aget_tuple({"configurable": {"thread_id": "copy"}}) is None
+    assert await saver.aget_tuple(source) is not None  # the source is untouched
+
+    tuples = [t async for t in saver.alist(source)]
+    assert {t.metadata.get("run_id") for t in tuples} == {"run-a", "run-b", "run-c"}
+    newest_run = tuples[0].metadata["run_id"]
+    await saver.adelete_for_runs([newest_run])
+    remaining = [t async for t in saver.alist(source)]
+    assert all(t.metadata.get("run_id") != newest_run for t in remaining)
+    assert len(remaining) < len(tuples)
+
+
+async def test_every_key_of_a_thread_is_in_one_cluster_slot(saver: RedisCheckpointSaver, redis_server: RedisServer) -> None:
+    graph = echo_graph(saver)
+    await graph.ainvoke({"messages": [HumanMessage(content="hi")]}, {"configurable": {"thread_id": "slot{tag}:x"}})
+    keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("rillet:cp:{*")]
+    assert len(keys) >= 5
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_unchanged_channels_are_stored_once_and_large_values_compressed(
+    saver: RedisCheckpointSaver, redis_server: RedisServer
+) -> None:
+    class State(TypedDict):
+        big: str
+        turns: Annotated[list[int], operator.add]
+
+    def step(state: State) -> dict[str, Any]:
+        return {"turns": [len(state["turns"])]}
+
+    builder = StateGraph(State)
+    builder.add_node("step", step)
+    builder.add_edge(START, "step")
+    builder.add_edge("step", END)
+    graph = builder.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "blobs"}}
+    big = "lorem ipsum " * 1000
+    await graph.ainvoke({"big": big, "turns": []}, config)
+    for _ in range(5):
+        await graph.ainvoke({"turns": []}, config)
+
+    raw = redis.Redis.from_url(redis_server.url)
+    fields = raw.hkeys("rillet:cp:{blobs}::blobs")
+    big_fields = [f for f in fields if f.startswith(b"big\0")]
+    assert len(big_fields) == 1  # written once, referenced by every later checkpoint
+    stored = raw.hget("rillet:cp:{blobs}::blobs", big_fields[0])
+    assert stored is not None
+    assert stored.split(b"\0", 1)[1][:1] == b"z"  # zstd-compressed
+    assert len(stored) < len(big) / 10
+    assert (await graph.aget_state(config)).values["big"] == big
+    ttls = [raw.pttl(k) for k in raw.keys("rillet:cp:{blobs}*")]
+    assert all(0 < ttl <= 3600_000 for ttl in ttls)
+
+
+async def test_a_crash_mid_write_never_leaves_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    """Kill redis-server (append-only, fsync always) during concurrent runs, restart it,
+    and check that every checkpoint that survived has all the values it references."""
+    server = RedisServer(tmp_path / "aof", "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    saver = RedisCheckpointSaver.from_url(server.url, ttl_seconds=None)
+    graph = echo_graph(saver)
+
+    async def chat(thread: int) -> None:
+        config = {"configurable": {"thread_id": f"crash-{thread}"}}
+        for turn in range(1000):
+            await graph.ainvoke({"messages": [HumanMessage(content=f"{turn} " * 300)]}, config)
+
+    runs = [asyncio.create_task(chat(i)) for i in range(8)]
+    await asyncio.sleep(1.0)
+    server.kill()
+    results = await asyncio.gather(*runs, return_exceptions=True)
+    assert all(isinstance(r, redis.ConnectionError) for r in results)
+    server.start()
+    await saver.aclose()
+
+    saver = RedisCheckpointSaver.from_url(server.url, ttl_seconds=None)
+    raw = redis.Redis.from_url(server.url)
+    checked = 0
+    for thread in range(8):
+        prefix = f"rillet:cp:{{crash-{thread}}}::"
+        async for tuple_ in saver.alist({"configurable": {"thread_id": f"crash-{thread}"}}):
+            referenced = [f"{c}\0{v}" for c, v in tuple_.checkpoint["channel_versions"].items()]
+            present = raw.hmget(prefix + "blobs", referenced) if referenced else []
+            assert all(value is not None for value in present)
+            checked += 1
+    assert checked > 8
+    await saver.aclose()
+    server.kill()
