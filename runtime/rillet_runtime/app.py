@@ -26,7 +26,8 @@ from rillet_runtime.lifecycle import Lifecycle
 from rillet_runtime.llm import build_chat_model
 from rillet_runtime.retrieval import KeywordRetriever, default_corpus_paths, load_corpus
 from rillet_runtime.settings import Settings
-from rillet_runtime.state import build_checkpointer, build_response_cache
+from rillet_runtime.state import open_state
+from rillet_runtime.state.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +50,26 @@ def create_app(settings: Settings) -> FastAPI:
             max_connections=settings.server.max_streams_per_worker + 20,
             max_keepalive_connections=100,
         )
-        async with httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds) as http:
-            model = build_chat_model(settings.model, http)
-            retriever = build_retriever(settings)
-            checkpointer = build_checkpointer(settings.state)
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds) as http,
+            open_state(settings.state) as state,
+        ):
             deps = GraphDeps(
-                model=model,
+                model=build_chat_model(settings.model, http),
                 model_name=settings.model.name,
-                retriever=retriever,
-                response_cache=build_response_cache(settings.state),
+                retriever=build_retriever(settings),
+                response_cache=state.response_cache,
                 k=settings.retrieval.k,
                 score_threshold=settings.retrieval.score_threshold,
                 history_window=settings.state.history_window,
             )
-            graph = load_graph(settings.graph, deps, checkpointer)
             yield {
                 "runtime": Runtime(
                     settings=settings,
                     lifecycle=lifecycle,
-                    graph=graph,
-                    checkpointer=checkpointer,
+                    graph=load_graph(settings.graph, deps, state.checkpointer),
+                    checkpointer=state.checkpointer,
+                    run_log=RunLog.for_settings(state.redis, settings.streaming),
                 )
             }
 

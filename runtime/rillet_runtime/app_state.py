@@ -10,6 +10,7 @@ from langgraph.pregel import Pregel
 
 from rillet_runtime.lifecycle import Lifecycle
 from rillet_runtime.settings import Settings
+from rillet_runtime.state.run_log import RunLog
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Runtime:
     lifecycle: Lifecycle
     graph: Pregel[Any, Any, Any, Any]
     checkpointer: BaseCheckpointSaver[Any]
+    run_log: RunLog | None  # set when runs are resumable (Redis state)
 
 
 class LifespanState(TypedDict):

@@ -65,6 +65,14 @@ class StreamingSettings(_Section):
     cancel_timeout_seconds: float = Field(
         2, gt=0, description="how long a cancelled run may take to unwind"
     )
+    resumable: bool = Field(
+        True, description="log events to Redis so clients can resume (needs the Redis state)"
+    )
+    resume_ttl_seconds: float = Field(600, gt=0, description="how long a run's log is kept")
+    resume_max_events: int = Field(10_000, ge=100, description="cap on a run's logged events")
+    resume_grace_seconds: float = Field(
+        10, ge=0, description="a resumable run outlives its client this long, awaiting a resume"
+    )
 
 
 ProviderName = Literal["extractive", "openai", "anthropic"]
@@ -114,11 +122,27 @@ class RetrievalSettings(_Section):
 
 
 class StateSettings(_Section):
-    checkpointer: Literal["memory"] = "memory"
+    checkpointer: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = Field(
+        None, description="redis:// or rediss:// URL (may carry a password: from a Secret)"
+    )
+    redis_cluster: bool = Field(False, description="the URL points at a Redis Cluster")
+    redis_timeout_seconds: float = Field(2, gt=0, description="per command; connect gets half")
+    checkpoint_ttl_seconds: float = Field(
+        7 * 24 * 3600, ge=0, description="a thread expires this long after its last use; 0: never"
+    )
+    compress_min_bytes: int = Field(1024, ge=0, description="zstd-compress values from this size")
     history_window: int = Field(20, ge=2, description="messages kept in thread state")
     response_cache: bool = Field(False, description="exact-match answer cache, opt-in")
     response_cache_ttl_seconds: float = Field(600, gt=0)
     response_cache_max_entries: int = Field(10_000, ge=1)
+    embedding_cache_ttl_seconds: float = Field(24 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _redis_needs_a_url(self) -> StateSettings:
+        if self.checkpointer == "redis" and self.redis_url is None:
+            raise ValueError("state.redis_url is required when state.checkpointer is 'redis'")
+        return self
 
 
 class Settings(BaseSettings):

@@ -32,6 +32,7 @@ from rillet_runtime.metrics import (
     TOKENS_STREAMED,
 )
 from rillet_runtime.settings import StreamingSettings
+from rillet_runtime.state.redis_saver import collecting_save_failures
 
 log = logging.getLogger(__name__)
 
@@ -160,20 +161,28 @@ async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
     }
     finish_reason = "stop"
     try:
-        async for _namespace, update_by_node in request.graph.astream(
-            request.graph_input, config, stream_mode="updates", subgraphs=True
-        ):
-            if not isinstance(update_by_node, dict):
-                continue
-            for node, update in update_by_node.items():
-                if node == "__interrupt__":
-                    finish_reason = "interrupted"
-                elif isinstance(update, dict):
-                    if update.get("sources"):
-                        await queue.put(("sources", list(update["sources"])))
-                    for text in _unstreamed_answers(update, sink.streamed_message_ids):
-                        await queue.put(("token", text))
-        await queue.put(("end", {"finish_reason": finish_reason, "usage": sink.usage}))
+        with collecting_save_failures() as save_failures:
+            async for _namespace, update_by_node in request.graph.astream(
+                request.graph_input, config, stream_mode="updates", subgraphs=True
+            ):
+                if not isinstance(update_by_node, dict):
+                    continue
+                for node, update in update_by_node.items():
+                    if node == "__interrupt__":
+                        finish_reason = "interrupted"
+                    elif isinstance(update, dict):
+                        if update.get("sources"):
+                            await queue.put(("sources", list(update["sources"])))
+                        for text in _unstreamed_answers(update, sink.streamed_message_ids):
+                            await queue.put(("token", text))
+        if save_failures:
+            log.warning("run %s: state not saved: %r", request.run_id, save_failures[0])
+        end = {
+            "finish_reason": finish_reason,
+            "usage": sink.usage,
+            "state_saved": not save_failures,
+        }
+        await queue.put(("end", end))
     except asyncio.CancelledError:
         raise
     except Exception as exc:

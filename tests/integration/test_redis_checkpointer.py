@@ -25,7 +25,9 @@ API = pytest.mark.parametrize("api", ["async", "sync"])
 @pytest.fixture
 async def saver(redis_server: RedisServer) -> AsyncIterator[RedisCheckpointSaver]:
     redis.Redis.from_url(redis_server.url).flushdb()
-    saver = RedisCheckpointSaver.from_url(redis_server.url, ttl_seconds=3600, compress_min_bytes=1024)
+    saver = RedisCheckpointSaver.from_url(
+        redis_server.url, ttl_seconds=3600, compress_min_bytes=1024
+    )
     yield saver
     await saver.aclose()
 
@@ -62,16 +64,25 @@ async def test_multi_turn_threads_and_time_travel(api: str, saver: RedisCheckpoi
         await call(api, graph, "invoke", {"messages": [HumanMessage(content=text)]}, config)
     state = await call(api, graph, "get_state", config)
     assert [m.content for m in state.values["messages"]] == [
-        "one", "echo: one", "two", "echo: two", "three", "echo: three"
+        "one",
+        "echo: one",
+        "two",
+        "echo: two",
+        "three",
+        "echo: three",
     ]
 
     snapshots = await history(api, graph, config)
     ids = [s.config["configurable"]["checkpoint_id"] for s in snapshots]
     assert ids == sorted(ids, reverse=True)  # newest first
-    after_first_turn = next(s for s in snapshots if len(s.values.get("messages", [])) == 2 and not s.next)
+    after_first_turn = next(
+        s for s in snapshots if len(s.values.get("messages", [])) == 2 and not s.next
+    )
 
     # Time travel: continue from the first turn, forking the thread.
-    forked = await call(api, graph, "invoke", {"messages": [HumanMessage(content="again")]}, after_first_turn.config)
+    forked = await call(
+        api, graph, "invoke", {"messages": [HumanMessage(content="again")]}, after_first_turn.config
+    )
     assert [m.content for m in forked["messages"]] == ["one", "echo: one", "again", "echo: again"]
     latest = await call(api, graph, "get_state", config)
     assert latest.values["messages"][-1].content == "echo: again"
@@ -131,13 +142,20 @@ async def test_subgraph_namespaces_are_kept_apart(api: str, saver: RedisCheckpoi
 
     done = await call(api, graph, "invoke", Command(resume="ok"), config)
     assert done["log"] == ["start", "start", "inner:ok"]
-    root_only = [t async for t in saver.alist({"configurable": {"thread_id": f"subgraph-{api}", "checkpoint_ns": ""}})]
+    root_only = [
+        t
+        async for t in saver.alist(
+            {"configurable": {"thread_id": f"subgraph-{api}", "checkpoint_ns": ""}}
+        )
+    ]
     assert root_only
     assert all(t.config["configurable"]["checkpoint_ns"] == "" for t in root_only)
 
 
 @API
-async def test_parallel_writes_survive_a_failed_sibling(api: str, saver: RedisCheckpointSaver) -> None:
+async def test_parallel_writes_survive_a_failed_sibling(
+    api: str, saver: RedisCheckpointSaver
+) -> None:
     """A node that succeeded is not re-run when its parallel sibling failed and is retried."""
 
     class State(TypedDict):
@@ -195,7 +213,9 @@ async def test_list_filters_before_and_limit(api: str, saver: RedisCheckpointSav
     inputs = await listing(filter={"source": "input"})
     assert len(inputs) == 2  # one per turn
     assert all(t.metadata["source"] == "input" for t in inputs)
-    assert len(await listing(filter={"source": "loop", "step": 1})) == 1  # steps run on across turns
+    assert (
+        len(await listing(filter={"source": "loop", "step": 1})) == 1
+    )  # steps run on across turns
     assert len(await listing(limit=3)) == 3
     older = await listing(before=everything[1].config)
     assert [t.config for t in older] == [t.config for t in everything[2:]]
@@ -218,7 +238,9 @@ async def test_delete_copy_prune_and_delete_for_runs(saver: RedisCheckpointSaver
     await saver.aprune(["copy"], strategy="keep_latest")
     kept = [t async for t in saver.alist({"configurable": {"thread_id": "copy"}})]
     assert len(kept) == 1
-    assert (await graph.aget_state({"configurable": {"thread_id": "copy"}})).values == original.values
+    assert (
+        await graph.aget_state({"configurable": {"thread_id": "copy"}})
+    ).values == original.values
 
     await saver.adelete_thread("copy")
     assert await saver.aget_tuple({"configurable": {"thread_id": "copy"}}) is None
@@ -233,9 +255,13 @@ async def test_delete_copy_prune_and_delete_for_runs(saver: RedisCheckpointSaver
     assert len(remaining) < len(tuples)
 
 
-async def test_every_key_of_a_thread_is_in_one_cluster_slot(saver: RedisCheckpointSaver, redis_server: RedisServer) -> None:
+async def test_every_key_of_a_thread_is_in_one_cluster_slot(
+    saver: RedisCheckpointSaver, redis_server: RedisServer
+) -> None:
     graph = echo_graph(saver)
-    await graph.ainvoke({"messages": [HumanMessage(content="hi")]}, {"configurable": {"thread_id": "slot{tag}:x"}})
+    await graph.ainvoke(
+        {"messages": [HumanMessage(content="hi")]}, {"configurable": {"thread_id": "slot{tag}:x"}}
+    )
     keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("rillet:cp:{*")]
     assert len(keys) >= 5
     assert len({key_slot(k.encode()) for k in keys}) == 1

@@ -22,6 +22,7 @@ from rillet_runtime.streaming import RunEvent, RunRequest, StreamSlot, run_event
 # Error codes of a failed run, as the status of a non-streaming answer.
 _STATUS_BY_CODE = {
     "provider_unavailable": 503,
+    "state_unavailable": 503,
     "provider_rate_limited": 503,
     "provider_timeout": 504,
     "stream_timeout": 504,

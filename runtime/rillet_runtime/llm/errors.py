@@ -26,6 +26,8 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     """Map SDK exceptions (openai, anthropic, httpx) by shape, not by import."""
     name = type(exc).__name__
     status = _status_code(exc)
+    if type(exc).__module__.startswith("redis"):
+        return ErrorInfo("state_unavailable", "the thread state store is unavailable", True)
     if isinstance(exc, ProviderUnavailableError) or name == "OpenedState":
         return ErrorInfo("provider_unavailable", "the model provider is unavailable", True)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError) or "Timeout" in name:

@@ -1,15 +1,17 @@
 """Thread state and caches behind one seam chosen by settings.
 
-Memory is the embedded default (`make run`, tests); Redis arrives behind the same
-functions so the app and graphs never name a backend.
+Memory is the embedded default (`make run`, tests); Redis serves production. The app and
+the graphs only see a checkpointer, a response cache and (with Redis) a run log.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
-from cachetools import TTLCache
+import redis.asyncio as aredis
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
@@ -20,12 +22,30 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.memory import InMemorySaver
 
-from rillet_runtime.metrics import CACHE_REQUESTS, timed_stage
+from rillet_runtime.metrics import timed_stage
 from rillet_runtime.settings import StateSettings
+from rillet_runtime.state.caches import (
+    MemoryResponseCache,
+    RedisEmbeddingCache,
+    RedisResponseCache,
+    ResponseCache,
+    response_cache_key,
+)
+from rillet_runtime.state.redis_saver import RedisCheckpointSaver, collecting_save_failures
+
+__all__ = [
+    "RedisCheckpointSaver",
+    "RedisEmbeddingCache",
+    "ResponseCache",
+    "StateBackends",
+    "collecting_save_failures",
+    "open_state",
+    "response_cache_key",
+]
 
 
-class TimedMemorySaver(InMemorySaver):
-    """LangGraph's in-memory saver, with history loads and saves in the stage histogram."""
+class _TimedSaver(BaseCheckpointSaver[Any]):
+    """History loads and checkpoint saves in the stage histogram, for any saver."""
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         with timed_stage("history_load"):
@@ -42,41 +62,56 @@ class TimedMemorySaver(InMemorySaver):
             return await super().aput(config, checkpoint, metadata, new_versions)
 
 
-def build_checkpointer(settings: StateSettings) -> BaseCheckpointSaver[Any]:
-    match settings.checkpointer:
-        case "memory":
-            return TimedMemorySaver()
+class TimedMemorySaver(_TimedSaver, InMemorySaver):
+    pass
 
 
-class ResponseCache(Protocol):
-    async def get(self, key: str) -> str | None: ...
-
-    async def set(self, key: str, answer: str) -> None: ...
+class TimedRedisSaver(_TimedSaver, RedisCheckpointSaver):
+    pass
 
 
-class MemoryResponseCache:
-    def __init__(self, max_entries: int, ttl_seconds: float) -> None:
-        self._entries: TTLCache[str, str] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
-
-    async def get(self, key: str) -> str | None:
-        answer = self._entries.get(key)
-        CACHE_REQUESTS.labels("response", "hit" if answer is not None else "miss").inc()
-        return answer
-
-    async def set(self, key: str, answer: str) -> None:
-        self._entries[key] = answer
+@dataclass(frozen=True)
+class StateBackends:
+    checkpointer: BaseCheckpointSaver[Any]
+    response_cache: ResponseCache | None
+    redis: aredis.Redis | aredis.RedisCluster | None
+    embedding_cache: RedisEmbeddingCache | None
 
 
-def build_response_cache(settings: StateSettings) -> ResponseCache | None:
-    if not settings.response_cache:
-        return None
-    return MemoryResponseCache(
-        settings.response_cache_max_entries, settings.response_cache_ttl_seconds
+@asynccontextmanager
+async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
+    """Open the configured backends for one worker process, and close their pools after."""
+    if settings.checkpointer == "memory":
+        cache = (
+            MemoryResponseCache(
+                settings.response_cache_max_entries, settings.response_cache_ttl_seconds
+            )
+            if settings.response_cache
+            else None
+        )
+        yield StateBackends(TimedMemorySaver(), cache, None, None)
+        return
+
+    assert settings.redis_url is not None  # enforced by StateSettings
+    saver = TimedRedisSaver.from_url(
+        settings.redis_url.get_secret_value(),
+        cluster=settings.redis_cluster,
+        socket_timeout=settings.redis_timeout_seconds,
+        connect_timeout=settings.redis_timeout_seconds / 2,
+        ttl_seconds=settings.checkpoint_ttl_seconds or None,
+        compress_min_bytes=settings.compress_min_bytes,
     )
-
-
-def response_cache_key(scope: str, model: str, question: str) -> str:
-    """Exact match on the normalised question, per scope (tenant or thread) and model."""
-    normalised = " ".join(question.lower().split())
-    digest = hashlib.sha256(f"{scope}\0{model}\0{normalised}".encode()).hexdigest()
-    return f"rillet:resp:{digest}"
+    try:
+        client = saver.client
+        yield StateBackends(
+            checkpointer=saver,
+            response_cache=(
+                RedisResponseCache(client, settings.response_cache_ttl_seconds)
+                if settings.response_cache
+                else None
+            ),
+            redis=client,
+            embedding_cache=RedisEmbeddingCache(client, settings.embedding_cache_ttl_seconds),
+        )
+    finally:
+        await saver.aclose()

@@ -65,7 +65,9 @@ end
 
 # KEYS: ns_set idx cps blobs. ARGV: prefix ttl ns cid checkpoint metadata parent vfields n
 #   then n pairs of (blob field, value).
-_PUT = _TOUCH + """
+_PUT = (
+    _TOUCH
+    + """
 redis.call('SADD', KEYS[1], ARGV[3])
 local n = tonumber(ARGV[9])
 for i = 0, n - 1 do
@@ -78,9 +80,12 @@ redis.call('ZADD', KEYS[2], 0, cid)
 touch(ARGV[1], KEYS[1], tonumber(ARGV[2]))
 return 1
 """
+)
 
 # KEYS: ns_set writes wfields. ARGV: prefix ttl ns n then n triples (field, value, overwrite).
-_PUT_WRITES = _TOUCH + """
+_PUT_WRITES = (
+    _TOUCH
+    + """
 redis.call('SADD', KEYS[1], ARGV[3])
 local n = tonumber(ARGV[4])
 for i = 0, n - 1 do
@@ -95,9 +100,12 @@ end
 touch(ARGV[1], KEYS[1], tonumber(ARGV[2]))
 return 1
 """
+)
 
 # KEYS: ns_set idx cps blobs writes wfields. ARGV: prefix ttl cid ('' = latest).
-_GET = _TOUCH + """
+_GET = (
+    _TOUCH
+    + """
 local cid = ARGV[3]
 if cid == '' then
   local latest = redis.call('ZRANGE', KEYS[2], '+', '-', 'BYLEX', 'REV', 'LIMIT', 0, 1)
@@ -116,6 +124,7 @@ if #wf > 0 then wv = redis.call('HMGET', KEYS[5], unpack(wf)) end
 touch(ARGV[1], KEYS[1], tonumber(ARGV[2]))
 return {cid, rec[1], rec[2], rec[3], vfields, bvals, wf, wv}
 """
+)
 
 # KEYS: ns_set. ARGV: prefix. Deletes every key of the thread (all share its slot).
 _DELETE_THREAD = """
@@ -200,6 +209,9 @@ def _run_key(run_id: str) -> str:
     return f"{ROOT}:run:{{{_escape(run_id)}}}"
 
 
+_Scope = list[tuple[str, str]]  # (thread id, namespace) pairs; `list` is a method below
+
+
 def _upper(before: RunnableConfig | None) -> str:
     """The exclusive upper bound of a newest-first listing."""
     before_id = get_checkpoint_id(before) if before else None
@@ -238,8 +250,9 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
     ) -> None:
         super().__init__(serde=serde)
-        self.client = client
-        self.sync_client = sync_client
+        # Any: redis-py's annotations mix sync and async return types on every command.
+        self.client: Any = client
+        self.sync_client: Any = sync_client
         self.ttl_ms = int(ttl_seconds * 1000) if ttl_seconds else 0
         self.compress_min_bytes = compress_min_bytes
         self._compressor = zstandard.ZstdCompressor(level=3)
@@ -288,7 +301,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         if self.sync_client is not None:
             self.sync_client.close()
 
-    def _sync(self) -> redis.Redis | redis.RedisCluster:
+    def _sync(self) -> Any:
         if self.sync_client is None:
             raise RuntimeError("this saver has no sync client: build it with from_url")
         return self.sync_client
@@ -309,7 +322,11 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         return self.serde.loads_typed((kind.decode(), data))
 
     def _put_args(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
     ) -> tuple[list[str], list[Any], RunnableConfig, str | None]:
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
@@ -350,7 +367,11 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         return [keys.ns_set, idx, cps, blobs], args, next_config, str(run_id) if run_id else None
 
     def _writes_args(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
     ) -> tuple[list[str], list[Any]]:
         configurable = config["configurable"]
         keys = ThreadKeys(str(configurable["thread_id"]))
@@ -394,7 +415,13 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         checkpoint_id, parent = _text(cid_raw), _text(parent_raw or b"")
 
         def config_for(cid: str) -> RunnableConfig:
-            return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": cid}}
+            return {
+                "configurable": {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": checkpoint_ns,
+                    "checkpoint_id": cid,
+                }
+            }
 
         checkpoint: Checkpoint = self._decode(checkpoint_raw)
         return CheckpointTuple(
@@ -414,7 +441,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         keys, prefix, thread_id, checkpoint_ns = self._get_keys(config)
         args = [prefix, self.ttl_ms, get_checkpoint_id(config) or ""]
-        reply = await self.client.eval(_GET, len(keys), *keys, *args)  # type: ignore[misc]
+        reply = await self.client.eval(_GET, len(keys), *keys, *args)
         return self._tuple(thread_id, checkpoint_ns, reply)
 
     async def aput(
@@ -426,7 +453,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> RunnableConfig:
         keys, args, next_config, run_id = self._put_args(config, checkpoint, metadata, new_versions)
         try:
-            await self.client.eval(_PUT, len(keys), *keys, *args)  # type: ignore[misc]
+            await self.client.eval(_PUT, len(keys), *keys, *args)
             if run_id:
                 await self._index_run(run_id, next_config)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -434,11 +461,15 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         return next_config
 
     async def aput_writes(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
     ) -> None:
         keys, args = self._writes_args(config, writes, task_id, task_path)
         try:
-            await self.client.eval(_PUT_WRITES, len(keys), *keys, *args)  # type: ignore[misc]
+            await self.client.eval(_PUT_WRITES, len(keys), *keys, *args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._save_failed(exc)
 
@@ -477,7 +508,9 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
                 ids = [_text(i) for i in found]
             for start in range(0, len(ids), _BATCH):
                 pipe = self.client.pipeline(transaction=False)
-                for command in self._get_commands(thread_id, checkpoint_ns, ids[start : start + _BATCH]):
+                for command in self._get_commands(
+                    thread_id, checkpoint_ns, ids[start : start + _BATCH]
+                ):
                     pipe.eval(*command)
                 for reply in await pipe.execute():
                     tuple_ = self._tuple(thread_id, checkpoint_ns, reply)
@@ -489,7 +522,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
                         remaining -= 1
                     yield tuple_
 
-    async def _alist_scope(self, config: RunnableConfig | None) -> list[tuple[str, str]]:
+    async def _alist_scope(self, config: RunnableConfig | None) -> _Scope:
         if config is None:
             keys = self.client.scan_iter(match=f"{ROOT}:{{*}}:ns", count=500)
             thread_ids = [_thread_of_ns_set(key) async for key in keys]
@@ -501,33 +534,37 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             if wanted_ns is not None:
                 scope.append((thread_id, wanted_ns))
                 continue
-            members = await self.client.smembers(ThreadKeys(thread_id).ns_set)  # type: ignore[misc]
+            members = await self.client.smembers(ThreadKeys(thread_id).ns_set)
             scope += [(thread_id, _unescape(_text(m))) for m in sorted(members)]
         return scope
 
-    def _get_commands(self, thread_id: str, checkpoint_ns: str, ids: Sequence[str]) -> list[list[Any]]:
+    def _get_commands(
+        self, thread_id: str, checkpoint_ns: str, ids: Sequence[str]
+    ) -> list[list[Any]]:
         keys = ThreadKeys(thread_id)
         all_keys = [keys.ns_set, *keys.ns(checkpoint_ns)]
         return [[_GET, len(all_keys), *all_keys, keys.prefix, self.ttl_ms, cid] for cid in ids]
 
     async def adelete_thread(self, thread_id: str) -> None:
         keys = ThreadKeys(thread_id)
-        await self.client.eval(_DELETE_THREAD, 1, keys.ns_set, keys.prefix)  # type: ignore[misc]
+        await self.client.eval(_DELETE_THREAD, 1, keys.ns_set, keys.prefix)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
-            members = await self.client.smembers(_run_key(run_id))  # type: ignore[misc]
+            members = await self.client.smembers(_run_key(run_id))
             for member in members:
-                await self.client.eval(_DELETE_CHECKPOINT, 4, *_checkpoint_keys(member))  # type: ignore[misc]
+                await self.client.eval(_DELETE_CHECKPOINT, 4, *_checkpoint_keys(member))
             await self.client.delete(_run_key(run_id))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """DUMP and RESTORE key by key: the two threads live in different slots."""
         source, target = ThreadKeys(source_thread_id), ThreadKeys(target_thread_id)
-        namespaces = [_unescape(_text(m)) for m in await self.client.smembers(source.ns_set)]  # type: ignore[misc]
+        namespaces = [_unescape(_text(m)) for m in await self.client.smembers(source.ns_set)]
         await self.adelete_thread(target_thread_id)
         ttl = self.ttl_ms
-        for source_key, target_key in zip(source.all_keys(namespaces), target.all_keys(namespaces), strict=True):
+        for source_key, target_key in zip(
+            source.all_keys(namespaces), target.all_keys(namespaces), strict=True
+        ):
             dumped = await self.client.dump(source_key)
             if dumped is not None:
                 await self.client.restore(target_key, ttl, dumped, replace=True)
@@ -539,15 +576,17 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
                 await self.adelete_thread(thread_id)
                 continue
             keys = ThreadKeys(thread_id)
-            for member in await self.client.smembers(keys.ns_set):  # type: ignore[misc]
+            for member in await self.client.smembers(keys.ns_set):
                 ns_keys = keys.ns(_unescape(_text(member)))
-                await self.client.eval(_KEEP_LATEST, len(ns_keys), *ns_keys)  # type: ignore[misc]
+                await self.client.eval(_KEEP_LATEST, len(ns_keys), *ns_keys)
 
     # -- sync API: the same scripts through the sync client ------------------------------
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         keys, prefix, thread_id, checkpoint_ns = self._get_keys(config)
-        reply = self._sync().eval(_GET, len(keys), *keys, prefix, self.ttl_ms, get_checkpoint_id(config) or "")
+        reply = self._sync().eval(
+            _GET, len(keys), *keys, prefix, self.ttl_ms, get_checkpoint_id(config) or ""
+        )
         return self._tuple(thread_id, checkpoint_ns, reply)
 
     def put(
@@ -562,13 +601,19 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         client.eval(_PUT, len(keys), *keys, *args)
         if run_id:
             c = next_config["configurable"]
-            client.sadd(_run_key(run_id), f"{c['thread_id']}\0{c['checkpoint_ns']}\0{c['checkpoint_id']}")
+            client.sadd(
+                _run_key(run_id), f"{c['thread_id']}\0{c['checkpoint_ns']}\0{c['checkpoint_id']}"
+            )
             if self.ttl_ms:
                 client.pexpire(_run_key(run_id), self.ttl_ms)
         return next_config
 
     def put_writes(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
     ) -> None:
         keys, args = self._writes_args(config, writes, task_id, task_path)
         self._sync().eval(_PUT_WRITES, len(keys), *keys, *args)
@@ -588,10 +633,14 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
                 ids = [checkpoint_id]
             else:
                 idx = ThreadKeys(thread_id).ns(checkpoint_ns)[0]
-                ids = [_text(i) for i in client.zrange(idx, _upper(before), "-", bylex=True, desc=True)]
+                ids = [
+                    _text(i) for i in client.zrange(idx, _upper(before), "-", bylex=True, desc=True)
+                ]
             for start in range(0, len(ids), _BATCH):
                 pipe = client.pipeline(transaction=False)
-                for command in self._get_commands(thread_id, checkpoint_ns, ids[start : start + _BATCH]):
+                for command in self._get_commands(
+                    thread_id, checkpoint_ns, ids[start : start + _BATCH]
+                ):
                     pipe.eval(*command)
                 for reply in pipe.execute():
                     tuple_ = self._tuple(thread_id, checkpoint_ns, reply)
@@ -603,7 +652,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
                         remaining -= 1
                     yield tuple_
 
-    def _list_scope(self, config: RunnableConfig | None) -> list[tuple[str, str]]:
+    def _list_scope(self, config: RunnableConfig | None) -> _Scope:
         client = self._sync()
         if config is None:
             keys = client.scan_iter(match=f"{ROOT}:{{*}}:ns", count=500)
@@ -611,13 +660,13 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         else:
             thread_ids = [str(config["configurable"]["thread_id"])]
         wanted_ns = config["configurable"].get("checkpoint_ns") if config else None
-        scope: list[tuple[str, str]] = []
+        scope: _Scope = []
         for thread_id in thread_ids:
             if wanted_ns is not None:
                 scope.append((thread_id, wanted_ns))
             else:
                 members = client.smembers(ThreadKeys(thread_id).ns_set)
-                scope += [(thread_id, _unescape(_text(m))) for m in sorted(members)]  # type: ignore[union-attr]
+                scope += [(thread_id, _unescape(_text(m))) for m in sorted(members)]
         return scope
 
     def delete_thread(self, thread_id: str) -> None:
@@ -627,16 +676,18 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         client = self._sync()
         for run_id in run_ids:
-            for member in client.smembers(_run_key(run_id)):  # type: ignore[union-attr]
+            for member in client.smembers(_run_key(run_id)):
                 client.eval(_DELETE_CHECKPOINT, 4, *_checkpoint_keys(member))
             client.delete(_run_key(run_id))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         client = self._sync()
         source, target = ThreadKeys(source_thread_id), ThreadKeys(target_thread_id)
-        namespaces = [_unescape(_text(m)) for m in client.smembers(source.ns_set)]  # type: ignore[union-attr]
+        namespaces = [_unescape(_text(m)) for m in client.smembers(source.ns_set)]
         self.delete_thread(target_thread_id)
-        for source_key, target_key in zip(source.all_keys(namespaces), target.all_keys(namespaces), strict=True):
+        for source_key, target_key in zip(
+            source.all_keys(namespaces), target.all_keys(namespaces), strict=True
+        ):
             dumped = client.dump(source_key)
             if dumped is not None:
                 client.restore(target_key, self.ttl_ms, dumped, replace=True)
@@ -648,7 +699,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
                 self.delete_thread(thread_id)
                 continue
             keys = ThreadKeys(thread_id)
-            for member in client.smembers(keys.ns_set):  # type: ignore[union-attr]
+            for member in client.smembers(keys.ns_set):
                 ns_keys = keys.ns(_unescape(_text(member)))
                 client.eval(_KEEP_LATEST, len(ns_keys), *ns_keys)
 

@@ -1,0 +1,93 @@
+"""Response and embedding caches: in memory for the embedded default, Redis in production.
+
+Every lookup counts a hit or a miss in `rillet_cache_requests_total`. Keys are scoped and
+hashed so no user text appears in a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Protocol
+
+import orjson
+import redis.asyncio as aredis
+from cachetools import TTLCache
+
+from rillet_runtime.metrics import CACHE_REQUESTS
+
+
+class ResponseCache(Protocol):
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, answer: str) -> None: ...
+
+
+def response_cache_key(scope: str, model: str, question: str) -> str:
+    """Exact match on the normalised question, per scope (tenant or thread) and model."""
+    normalised = " ".join(question.lower().split())
+    digest = hashlib.sha256(f"{scope}\0{model}\0{normalised}".encode()).hexdigest()
+    return f"rillet:resp:{digest}"
+
+
+def _count(cache: str, hit: bool) -> None:
+    CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()
+
+
+class MemoryResponseCache:
+    def __init__(self, max_entries: int, ttl_seconds: float) -> None:
+        self._entries: TTLCache[str, str] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
+
+    async def get(self, key: str) -> str | None:
+        answer = self._entries.get(key)
+        _count("response", answer is not None)
+        return answer
+
+    async def set(self, key: str, answer: str) -> None:
+        self._entries[key] = answer
+
+
+class RedisResponseCache:
+    def __init__(self, client: aredis.Redis | aredis.RedisCluster, ttl_seconds: float) -> None:
+        self.client = client
+        self.ttl_ms = int(ttl_seconds * 1000)
+
+    async def get(self, key: str) -> str | None:
+        stored = await self.client.get(key)
+        _count("response", stored is not None)
+        return stored.decode() if isinstance(stored, bytes) else stored
+
+    async def set(self, key: str, answer: str) -> None:
+        await self.client.set(key, answer, px=self.ttl_ms)
+
+
+def embedding_cache_key(model: str, text: str) -> str:
+    return f"rillet:emb:{model}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+class RedisEmbeddingCache:
+    """Query and chunk embeddings by model and text hash; batched in one round trip."""
+
+    def __init__(self, client: aredis.Redis | aredis.RedisCluster, ttl_seconds: float) -> None:
+        self.client = client
+        self.ttl_ms = int(ttl_seconds * 1000)
+
+    async def get_many(self, model: str, texts: Sequence[str]) -> list[list[float] | None]:
+        # A pipeline, not MGET: the keys hash to different cluster slots.
+        pipe = self.client.pipeline(transaction=False)
+        for text in texts:
+            pipe.get(embedding_cache_key(model, text))
+        found: list[list[float] | None] = [
+            orjson.loads(v) if v else None for v in await pipe.execute()
+        ]
+        for vector in found:
+            _count("embedding", vector is not None)
+        return found
+
+    async def set_many(
+        self, model: str, texts: Sequence[str], vectors: Sequence[Sequence[float]]
+    ) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for text, vector in zip(texts, vectors, strict=True):
+            pipe.set(embedding_cache_key(model, text), orjson.dumps(list(vector)), px=self.ttl_ms)
+        await pipe.execute()
