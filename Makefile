@@ -14,7 +14,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv run test test-unit test-integration lint format bench clean
+.PHONY: help venv redis-server run test test-unit test-integration lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,16 +28,24 @@ $(VENV)/.installed:
 
 venv: $(VENV)/.installed ## install the Python dependencies (cached by pyproject.toml)
 
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+redis-server: ## install redis-server from Debian's packages if it is missing (the tests start their own)
+	@command -v redis-server >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install redis-server 6.2+ and rerun" >&2; exit 1; }; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@redis-server --version
+
 run: venv ## serve the API on 127.0.0.1:8000: offline model, bundled docs, in-memory state
 	$(PY) -m rillet_runtime serve
 
-test: venv lint ## the whole suite: lint, types, unit and integration tests
+test: venv redis-server lint ## the whole suite: lint, types, unit and integration tests
 	$(PY) -m pytest
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit
 
-test-integration: venv ## integration tests only (real gunicorn, real SDKs)
+test-integration: venv redis-server ## integration tests only (real gunicorn, real SDKs)
 	$(PY) -m pytest tests/integration
 
 lint: venv ## ruff and mypy

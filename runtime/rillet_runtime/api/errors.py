@@ -64,7 +64,7 @@ def error_response(
 def _field_name(loc: tuple[int | str, ...]) -> str:
     parts = (
         [str(p) for p in loc[1:]]
-        if loc and loc[0] in {"body", "query", "path"}
+        if loc and loc[0] in {"body", "query", "path", "header", "cookie"}
         else [str(p) for p in loc]
     )
     return ".".join(parts) or str(loc[0] if loc else "body")

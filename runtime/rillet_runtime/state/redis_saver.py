@@ -20,7 +20,7 @@ marker so reads know. Every access refreshes the whole thread's TTL.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -42,6 +42,9 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 ROOT = "rillet:cp"
 _NS_SUFFIXES = (":idx", ":cps", ":blobs", ":writes", ":wfields")
@@ -244,7 +247,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         self,
         client: aredis.Redis | aredis.RedisCluster,
         *,
-        sync_client: redis.Redis | redis.RedisCluster | None = None,
+        sync_client: redis.Redis | redis.RedisCluster | Callable[[], Any] | None = None,
         ttl_seconds: float | None = 7 * 24 * 3600,
         compress_min_bytes: int = 1024,
         serde: SerializerProtocol | None = None,
@@ -252,7 +255,8 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=serde)
         # Any: redis-py's annotations mix sync and async return types on every command.
         self.client: Any = client
-        self.sync_client: Any = sync_client
+        # A factory is called on first sync use: a sync RedisCluster connects when built.
+        self._sync_client: Any = sync_client
         self.ttl_ms = int(ttl_seconds * 1000) if ttl_seconds else 0
         self.compress_min_bytes = compress_min_bytes
         self._compressor = zstandard.ZstdCompressor(level=3)
@@ -270,20 +274,24 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         connect_timeout: float = 1.0,
         **kwargs: Any,
     ) -> RedisCheckpointSaver:
-        """A ready saver with its own pools (`aclose()` them, or use `connect`)."""
+        """A ready saver with its own pools (`aclose()` them, or use `connect`).
+
+        Lost connections (a Redis restart or failover leaves stale ones in the pool) are
+        retried twice with a short jittered backoff; timeouts are not, so a Redis that
+        hangs costs one `socket_timeout`, not three.
+        """
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
+            "retry_on_error": [redis.ConnectionError],
         }
-        if cluster:
-            return cls(
-                aredis.RedisCluster.from_url(url, **options),
-                sync_client=redis.RedisCluster.from_url(url, **options),
-                **kwargs,
-            )
+        backoff = ExponentialWithJitterBackoff(base=0.02, cap=0.25)
+        async_cls, sync_cls = (
+            (aredis.RedisCluster, redis.RedisCluster) if cluster else (aredis.Redis, redis.Redis)
+        )
         return cls(
-            aredis.Redis.from_url(url, health_check_interval=30, **options),
-            sync_client=redis.Redis.from_url(url, health_check_interval=30, **options),
+            async_cls.from_url(url, retry=AsyncRetry(backoff, 2), **options),
+            sync_client=lambda: sync_cls.from_url(url, retry=Retry(backoff, 2), **options),
             **kwargs,
         )
 
@@ -298,13 +306,15 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def aclose(self) -> None:
         await self.client.aclose()
-        if self.sync_client is not None:
-            self.sync_client.close()
+        if self._sync_client is not None and not callable(self._sync_client):
+            self._sync_client.close()
 
     def _sync(self) -> Any:
-        if self.sync_client is None:
+        if self._sync_client is None:
             raise RuntimeError("this saver has no sync client: build it with from_url")
-        return self.sync_client
+        if callable(self._sync_client):
+            self._sync_client = self._sync_client()
+        return self._sync_client
 
     # -- encoding -----------------------------------------------------------------------
 

@@ -83,7 +83,12 @@ class RunLog:
         pipe.pexpire(events, self.ttl_ms)
         if event.event in TERMINAL:
             pipe.delete(owner)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except redis.ResponseError as exc:
+            # A retry after a lost reply finds its own event already there: ids are ours.
+            if "equal or smaller" not in str(exc):
+                raise
 
     async def beat(self, run_id: str) -> bool:
         """Keep the owner key alive; True while some resumer is reading."""
