@@ -57,8 +57,9 @@ format: venv ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: venv ## streaming latency and memory benchmark (writes bench-results/)
+bench: venv redis-server ## streaming and checkpointer benchmarks (writes bench-results/)
 	$(PY) -m rillet_runtime.bench.streaming --out bench-results
+	$(PY) -m rillet_runtime.bench.checkpoint --out bench-results
 
 clean: ## remove caches in the checkout (the venv cache stays)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -133,6 +133,10 @@ class StateSettings(_Section):
     )
     compress_min_bytes: int = Field(1024, ge=0, description="zstd-compress values from this size")
     history_window: int = Field(20, ge=2, description="messages kept in thread state")
+    serde_allowed_types: list[Annotated[str, StringConstraints(pattern=r"^\w+(\.\w+)+$")]] = Field(
+        default_factory=list,
+        description="`module.Class` types a checkpoint may revive; set: nothing else is revived",
+    )
     response_cache: bool = Field(False, description="exact-match answer cache, opt-in")
     response_cache_ttl_seconds: float = Field(600, gt=0)
     response_cache_max_entries: int = Field(10_000, ge=1)

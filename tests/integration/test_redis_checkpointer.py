@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import operator
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -16,6 +17,9 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
 from redis.crc import key_slot
 
+from rillet_runtime.bench.checkpoint import history_graph
+from rillet_runtime.settings import StateSettings
+from rillet_runtime.state import serializer
 from rillet_runtime.state.redis_saver import RedisCheckpointSaver
 from tests.conftest import RedisServer
 
@@ -335,3 +339,50 @@ async def test_a_crash_mid_write_never_leaves_a_corrupt_checkpoint(tmp_path: Pat
     assert checked > 8
     await saver.aclose()
     server.kill()
+
+
+@dataclass
+class Order:
+    sku: str
+    quantity: int
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_the_serializer_allowlist_decides_which_types_come_back(
+    redis_server: RedisServer, allowed: bool
+) -> None:
+    listed = f"{__name__}.Order" if allowed else "decimal.Decimal"
+    settings = StateSettings(serde_allowed_types=[listed])
+    async with RedisCheckpointSaver.connect(redis_server.url, serde=serializer(settings)) as saver:
+        config = {"configurable": {"thread_id": f"allowlist-{allowed}"}}
+        await order_graph(saver).ainvoke({"order": Order("tea", 2)}, config)
+        revived = (await saver.aget_tuple(config)).checkpoint["channel_values"]["order"]
+    assert isinstance(revived, Order) is allowed
+
+
+def order_graph(saver: RedisCheckpointSaver) -> Any:
+    class State(TypedDict):
+        order: Order
+
+    builder = StateGraph(State)
+    builder.add_node("keep", lambda state: {"order": state["order"]})
+    builder.add_edge(START, "keep")
+    builder.add_edge("keep", END)
+    return builder.compile(checkpointer=saver)
+
+
+@API
+async def test_a_delta_channel_history_is_rebuilt_from_its_writes(
+    api: str, saver: RedisCheckpointSaver
+) -> None:
+    """LangGraph's DeltaChannel stores each turn's writes, not the whole list again."""
+    graph = history_graph(saver, lambda turn: f"answer {turn}", delta=True)
+    config = {"configurable": {"thread_id": f"delta-{api}"}}
+    for turn in range(5):
+        await call(
+            api, graph, "invoke", {"messages": [HumanMessage(f"q{turn}", id=f"q{turn}")]}, config
+        )
+    state = await call(api, graph, "get_state", config)
+    assert [m.id for m in state.values["messages"]] == [
+        m for turn in range(5) for m in (f"q{turn}", f"a{2 * turn + 1}")
+    ]

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from typing import Any
 
 import httpx
 import psutil
+
+from rillet_runtime.bench.local import free_port
 
 TTFT_MS = 200
 TOKEN_DELAY_MS = 20
@@ -53,13 +54,6 @@ class StreamTiming:
     ttft: float | None = None
     gaps: list[float] = field(default_factory=list)
     ok: bool = False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def one_stream(target: Target) -> StreamTiming:
@@ -200,7 +194,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 async def run(levels: list[int], tokens: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))
-    fake_port, rillet_port = _free_port(), _free_port()
+    fake_port, rillet_port = free_port(), free_port()
     fake_args = [
         "fake-llm",
         "--port",

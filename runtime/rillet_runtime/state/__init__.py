@@ -21,6 +21,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from rillet_runtime.metrics import timed_stage
 from rillet_runtime.settings import StateSettings
@@ -78,6 +79,14 @@ class StateBackends:
     embedding_cache: RedisEmbeddingCache | None
 
 
+def serializer(settings: StateSettings) -> JsonPlusSerializer:
+    """LangGraph's own serializer; an allowlist makes it refuse to revive any other type."""
+    if not settings.serde_allowed_types:
+        return JsonPlusSerializer()
+    allowed = [tuple(name.rsplit(".", 1)) for name in settings.serde_allowed_types]
+    return JsonPlusSerializer(allowed_msgpack_modules=allowed)
+
+
 @asynccontextmanager
 async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
     """Open the configured backends for one worker process, and close their pools after."""
@@ -89,7 +98,7 @@ async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
             if settings.response_cache
             else None
         )
-        yield StateBackends(TimedMemorySaver(), cache, None, None)
+        yield StateBackends(TimedMemorySaver(serde=serializer(settings)), cache, None, None)
         return
 
     assert settings.redis_url is not None  # enforced by StateSettings
@@ -100,6 +109,7 @@ async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
         connect_timeout=settings.redis_timeout_seconds / 2,
         ttl_seconds=settings.checkpoint_ttl_seconds or None,
         compress_min_bytes=settings.compress_min_bytes,
+        serde=serializer(settings),
     )
     try:
         client = saver.client

@@ -7,10 +7,10 @@ hashed so no user text appears in a key.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Sequence
 from typing import Protocol
 
-import orjson
 import redis.asyncio as aredis
 from cachetools import TTLCache
 
@@ -66,7 +66,8 @@ def embedding_cache_key(model: str, text: str) -> str:
 
 
 class RedisEmbeddingCache:
-    """Query and chunk embeddings by model and text hash; batched in one round trip."""
+    """Query and chunk embeddings by model and text hash, batched in one round trip and
+    stored as float32 bytes (4 bytes a dimension: a third of JSON's size, no parsing)."""
 
     def __init__(self, client: aredis.Redis | aredis.RedisCluster, ttl_seconds: float) -> None:
         self.client = client
@@ -77,9 +78,7 @@ class RedisEmbeddingCache:
         pipe = self.client.pipeline(transaction=False)
         for text in texts:
             pipe.get(embedding_cache_key(model, text))
-        found: list[list[float] | None] = [
-            orjson.loads(v) if v else None for v in await pipe.execute()
-        ]
+        found = [array("f", v).tolist() if v else None for v in await pipe.execute()]
         for vector in found:
             _count("embedding", vector is not None)
         return found
@@ -89,5 +88,5 @@ class RedisEmbeddingCache:
     ) -> None:
         pipe = self.client.pipeline(transaction=False)
         for text, vector in zip(texts, vectors, strict=True):
-            pipe.set(embedding_cache_key(model, text), orjson.dumps(list(vector)), px=self.ttl_ms)
+            pipe.set(embedding_cache_key(model, text), array("f", vector).tobytes(), px=self.ttl_ms)
         await pipe.execute()
