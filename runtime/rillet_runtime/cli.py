@@ -101,5 +101,49 @@ def fake_llm(
     serve_fake_llm(config, host=host, port=port)
 
 
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(help="watch this namespace (repeat for several); none: the whole cluster"),
+    ] = None,
+    liveness: Annotated[
+        str | None, typer.Option(help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    ] = None,
+) -> None:
+    """Run the ChatService operator (kopf) with the current kubeconfig or in-cluster account."""
+    import kopf
+
+    import rillet_operator.handlers  # noqa: F401  (registers the handlers)
+
+    namespaces = namespace or [
+        n for n in os.environ.get("RILLET_OPERATOR_NAMESPACES", "").split(",") if n
+    ]
+    kopf.run(
+        standalone=True,  # no cluster-wide peering objects; run one replica (leader election
+        clusterwide=not namespaces,  # belongs to the chart's Deployment strategy)
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+
+
+@app.command()
+def render(
+    file: Annotated[Path, typer.Option("--file", "-f", help="a ChatService manifest (YAML)")],
+) -> None:
+    """Print the manifests the operator would apply for a ChatService, without a cluster."""
+    import yaml
+    from pydantic import ValidationError as SpecError
+
+    from rillet_operator.render import render_manifests
+
+    try:
+        documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        typer.echo(render_manifests(documents), nl=False)
+    except (OSError, yaml.YAMLError, ValueError, SpecError) as exc:
+        typer.echo(f"rillet render: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app()

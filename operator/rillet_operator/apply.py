@@ -1,0 +1,146 @@
+"""Side effects: server-side apply of a ChatService's children, pruning what it no longer
+needs, and writing its status. Everything here talks to the API server; the decisions are
+made by the pure builders and `status.compute_status`."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import ApiError, AsyncClient, codecs
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment, StatefulSet
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.core_v1 import ConfigMap, Secret, Service
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.types import PatchType
+
+from rillet_operator.builders import MANAGER, ChatService, children
+from rillet_operator.runtime_settings import redis_service_name, unsupported_settings
+from rillet_operator.spec import GROUP, KIND, PLURAL, VERSION
+from rillet_operator.status import Observed, compute_status
+
+log = logging.getLogger(__name__)
+
+ChatServiceResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+KINDS: dict[str, Any] = {
+    "ConfigMap": ConfigMap,
+    "Deployment": Deployment,
+    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
+    "PodDisruptionBudget": PodDisruptionBudget,
+    "Secret": Secret,
+    "Service": Service,
+    "StatefulSet": StatefulSet,
+}
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did, for Events, and the status it wrote."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+async def _get(client: AsyncClient, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    try:
+        found = await client.get(KINDS[kind], name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    return _as_dict(found)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    as_dict: dict[str, Any] = obj.to_dict()
+    return as_dict
+
+
+async def redis_password(client: AsyncClient, cs: ChatService) -> str:
+    """The managed Redis keeps the password it was born with."""
+    existing = await _get(client, "Secret", redis_service_name(cs.name), cs.namespace)
+    if existing and "password" in existing.get("data", {}):
+        return base64.b64decode(existing["data"]["password"]).decode()
+    return secrets.token_urlsafe(24)
+
+
+def _optional_children(cs: ChatService) -> list[tuple[str, str]]:
+    redis = redis_service_name(cs.name)
+    return [
+        ("HorizontalPodAutoscaler", cs.name),
+        ("StatefulSet", redis),
+        ("Service", redis),
+        ("Secret", redis),
+    ]
+
+
+def _owned_by(obj: dict[str, Any], cs: ChatService) -> bool:
+    return any(ref.get("uid") == cs.uid for ref in obj["metadata"].get("ownerReferences", []))
+
+
+async def reconcile(client: AsyncClient, body: dict[str, Any]) -> Outcome:
+    cs = ChatService.from_body(body)
+    managed_redis = bool(cs.spec.redis and cs.spec.redis.managed)
+    password = await redis_password(client, cs) if managed_redis else None
+    outcome = Outcome()
+    live: dict[tuple[str, str], dict[str, Any]] = {}
+
+    desired = children(cs, password)
+    for manifest in desired:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        before = await _get(client, kind, name, cs.namespace)
+        applied = await client.apply(codecs.from_dict(manifest), field_manager=MANAGER, force=True)
+        after = _as_dict(applied)
+        live[kind, name] = after
+        label = f"{kind} {name}"
+        if before is None:
+            outcome.created.append(label)
+        elif before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
+            outcome.updated.append(label)
+
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
+    for kind, name in _optional_children(cs):
+        if (kind, name) in wanted:
+            continue
+        existing = await _get(client, kind, name, cs.namespace)
+        if existing and _owned_by(existing, cs):
+            await client.delete(KINDS[kind], name, namespace=cs.namespace)
+            outcome.deleted.append(f"{kind} {name}")
+
+    observed = Observed(
+        generation=body["metadata"].get("generation", 0),
+        deployment=live.get(("Deployment", cs.name)),
+        redis=live.get(("StatefulSet", redis_service_name(cs.name))),
+        unsupported=tuple(unsupported_settings(cs.spec)),
+    )
+    old = body.get("status") or {}
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    outcome.status = compute_status(cs, observed, old, now)
+    if outcome.status != {k: old.get(k) for k in outcome.status}:
+        await client.patch(
+            ChatServiceResource.Status,
+            cs.name,
+            {"status": outcome.status},
+            namespace=cs.namespace,
+            patch_type=PatchType.MERGE,
+        )
+    return outcome
+
+
+async def read_chat_service(
+    client: AsyncClient, namespace: str, name: str
+) -> dict[str, Any] | None:
+    try:
+        found = await client.get(ChatServiceResource, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    return _as_dict(found)

@@ -1,0 +1,422 @@
+"""Pure builders: (ChatService, its metadata) -> the manifests of its children.
+
+No Kubernetes client and no kopf here: `rillet render` and the golden-file tests call the
+same functions the operator applies. Every child is named from the ChatService, labelled,
+and owned by it, so deleting the ChatService garbage-collects them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube.utils.quantity import parse_quantity
+
+from rillet_operator.runtime_settings import (
+    DRAIN_SECONDS,
+    PORT,
+    SCRATCH_DIR,
+    SETTINGS_DIR,
+    SETTINGS_FILE,
+    redis_service_name,
+    runtime_settings,
+    secret_env,
+)
+from rillet_operator.spec import GROUP, KIND, VERSION, ChatServiceSpec
+
+MANAGER = "rillet-operator"
+RUNTIME_UID = 10001
+REDIS_UID = 999  # the redis image's own user
+SERVICE_PORT = 80
+REDIS_PORT = 6379
+HASH_ANNOTATION = f"{GROUP}/settings-hash"
+
+
+@dataclass(frozen=True)
+class ChatService:
+    """What the builders need of a ChatService object."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: ChatServiceSpec
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ChatService:
+        meta = body["metadata"]
+        return cls(
+            meta["name"],
+            meta["namespace"],
+            meta["uid"],
+            ChatServiceSpec.model_validate(body.get("spec") or {}),
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.name}.{self.namespace}.svc:{SERVICE_PORT}"
+
+
+def labels(cs: ChatService, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "rillet",
+        "app.kubernetes.io/instance": cs.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGER,
+    }
+
+
+def selector(cs: ChatService, component: str = "chat") -> dict[str, str]:
+    return {k: v for k, v in labels(cs, component).items() if k != "app.kubernetes.io/managed-by"}
+
+
+def selector_string(cs: ChatService) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(cs).items())
+
+
+def metadata(cs: ChatService, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": cs.namespace,
+        "labels": labels(cs, component),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": cs.name,
+                "uid": cs.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def _settings_yaml(cs: ChatService) -> str:
+    return json.dumps(runtime_settings(cs.spec), indent=2, sort_keys=True) + "\n"  # JSON is YAML
+
+
+def config_map(cs: ChatService) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(cs, f"{cs.name}-settings", "chat"),
+        "data": {"settings.yaml": _settings_yaml(cs)},
+    }
+
+
+def settings_hash(cs: ChatService) -> str:
+    """Changes when the settings file or the secret references change: it rolls the pods."""
+    material = _settings_yaml(cs) + json.dumps(secret_env(cs.name, cs.spec), sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def termination_grace_seconds(cs: ChatService) -> int:
+    """The preStop drain, then gunicorn's graceful timeout (the runtime derives it the same
+    way: longest stream + drain + 5 s), then a margin, so Kubernetes never kills a stream."""
+    graceful_timeout = cs.spec.server.max_stream_seconds + DRAIN_SECONDS + 5
+    return DRAIN_SECONDS + graceful_timeout + 5
+
+
+_RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _pod_security(uid: int) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def deployment(cs: ChatService) -> dict[str, Any]:
+    spec = cs.spec
+    env = [{"name": "RILLET_SETTINGS_FILE", "value": SETTINGS_FILE}, *secret_env(cs.name, spec)]
+    container = {
+        "name": "rillet",
+        "image": spec.image,
+        "command": ["rillet", "serve"],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": spec.server.resources.model_dump(),
+        "startupProbe": _probe("/healthz", 2, 30),
+        "livenessProbe": _probe("/healthz", 10, 3),
+        "readinessProbe": _probe("/readyz", 2, 1),
+        "lifecycle": {
+            "preStop": {"exec": {"command": ["rillet", "drain", "--wait", str(DRAIN_SECONDS)]}}
+        },
+        "securityContext": _RESTRICTED_CONTAINER,
+        "volumeMounts": [
+            {"name": "settings", "mountPath": SETTINGS_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+        ],
+    }
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector(cs)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
+        },
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": {
+                "labels": labels(cs, "chat"),
+                "annotations": {HASH_ANNOTATION: settings_hash(cs)},
+            },
+            "spec": {
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "securityContext": _pod_security(RUNTIME_UID),
+                "terminationGracePeriodSeconds": termination_grace_seconds(cs),
+                "topologySpreadConstraints": [
+                    {
+                        "maxSkew": 1,
+                        "topologyKey": key,
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": selector(cs)},
+                    }
+                    for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+                ],
+                "containers": [container],
+                "volumes": [
+                    {"name": "settings", "configMap": {"name": f"{cs.name}-settings"}},
+                    {"name": "scratch", "emptyDir": {"sizeLimit": "256Mi"}},
+                ],
+            },
+        },
+    }
+    if spec.replicas is not None:  # otherwise the HPA owns the count
+        deployment_spec["replicas"] = spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(cs, cs.name, "chat"),
+        "spec": deployment_spec,
+    }
+
+
+def service(cs: ChatService) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(cs, cs.name, "chat"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(cs),
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(cs: ChatService) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(cs, cs.name, "chat"),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(cs)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def streams_per_pod_target(cs: ChatService) -> int:
+    """Scale out at 70% of a pod's stream capacity, before streams are refused."""
+    server = cs.spec.server
+    return max(1, int(server.workers_per_pod * server.max_concurrent_streams_per_worker * 0.7))
+
+
+def horizontal_pod_autoscaler(cs: ChatService) -> dict[str, Any]:
+    scaling = cs.spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(cs, cs.name, "chat"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": cs.name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 70},
+                    },
+                },
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "rillet_active_streams"},
+                        "target": {
+                            "type": "AverageValue",
+                            "averageValue": str(streams_per_pod_target(cs)),
+                        },
+                    },
+                },
+            ],
+            "behavior": {
+                # Up fast: a latency target is missed within seconds of a burst.
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "selectPolicy": "Max",
+                    "policies": [
+                        {"type": "Percent", "value": 100, "periodSeconds": 15},
+                        {"type": "Pods", "value": 4, "periodSeconds": 15},
+                    ],
+                },
+                # Down slowly: every removed pod drains streams that may last minutes.
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 300,
+                    "selectPolicy": "Min",
+                    "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+                },
+            },
+        },
+    }
+
+
+# -- managed Redis ---------------------------------------------------------------------------
+
+
+def redis_secret(cs: ChatService, password: str) -> dict[str, Any]:
+    """The password is generated once by the operator and kept; the builder only places it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(cs, redis_service_name(cs.name), "redis"),
+        "type": "Opaque",
+        "stringData": {"password": password},
+    }
+
+
+def redis_args(cs: ChatService) -> list[str]:
+    managed = cs.spec.redis.managed if cs.spec.redis else None
+    assert managed is not None
+    limit = parse_quantity(managed.memory_limit)
+    if limit is None:
+        raise ValueError(f"redis.managed.memoryLimit is not a quantity: {managed.memory_limit}")
+    maxmemory = int(limit * 8 // 10)  # room for Redis's own overhead
+    return [
+        "--requirepass",
+        "$(REDIS_PASSWORD)",
+        "--maxmemory",
+        str(maxmemory),
+        "--maxmemory-policy",
+        managed.eviction_policy,
+        "--appendonly",
+        "yes" if managed.persistence else "no",
+        "--save",
+        "",
+        "--dir",
+        "/data",
+    ]
+
+
+def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
+    managed = cs.spec.redis.managed if cs.spec.redis else None
+    assert managed is not None
+    name = redis_service_name(cs.name)
+    probe = {
+        "exec": {"command": ["sh", "-c", 'redis-cli -a "$REDIS_PASSWORD" --no-auth-warning ping']},
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+    }
+    container = {
+        "name": "redis",
+        "image": managed.image,
+        "command": ["redis-server"],
+        "args": redis_args(cs),
+        "env": [
+            {
+                "name": "REDIS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}},
+            }
+        ],
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": "100m", "memory": managed.memory_limit},
+            "limits": {"memory": managed.memory_limit},
+        },
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 4},
+        "securityContext": _RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(REDIS_UID),
+        "containers": [container],
+    }
+    stateful_spec: dict[str, Any] = {
+        "serviceName": name,
+        "replicas": 1,
+        "selector": {"matchLabels": selector(cs, "redis")},
+        "template": {"metadata": {"labels": labels(cs, "redis")}, "spec": pod_spec},
+    }
+    if managed.persistence:
+        stateful_spec["volumeClaimTemplates"] = [
+            {
+                "metadata": {"name": "data"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": managed.storage_size}},
+                },
+            }
+        ]
+    else:
+        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(cs, name, "redis"),
+        "spec": stateful_spec,
+    }
+
+
+def redis_service(cs: ChatService) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(cs, redis_service_name(cs.name), "redis"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(cs, "redis"),
+            "ports": [
+                {"name": "redis", "port": REDIS_PORT, "targetPort": "redis", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def children(cs: ChatService, redis_password: str | None = None) -> list[dict[str, Any]]:
+    """Every child, in apply order: what pods need exists before the pods."""
+    built: list[dict[str, Any]] = []
+    if cs.spec.redis and cs.spec.redis.managed:
+        if redis_password is None:
+            raise ValueError("a managed Redis needs its password")
+        built += [redis_secret(cs, redis_password), redis_service(cs), redis_stateful_set(cs)]
+    built += [config_map(cs), deployment(cs), service(cs), pod_disruption_budget(cs)]
+    if cs.spec.replicas is None:
+        built.append(horizontal_pod_autoscaler(cs))
+    return built

@@ -1,0 +1,156 @@
+"""kopf handlers: thin. Every trigger (a ChatService created, changed or found at startup;
+one of its children changed or deleted; a periodic resync) leads to the same idempotent
+`reconcile` of the owning ChatService, one at a time per ChatService."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+import kopf
+from lightkube import ApiError, AsyncClient
+
+from rillet_operator.apply import read_chat_service, reconcile
+from rillet_operator.builders import MANAGER
+from rillet_operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+CHILD_KINDS = [
+    ("v1", "configmaps"),
+    ("v1", "services"),
+    ("v1", "secrets"),
+    ("apps/v1", "deployments"),
+    ("apps/v1", "statefulsets"),
+    ("policy/v1", "poddisruptionbudgets"),
+    ("autoscaling/v2", "horizontalpodautoscalers"),
+]
+OURS = {"app.kubernetes.io/managed-by": MANAGER}
+RESYNC_SECONDS = 300
+
+Key = tuple[str, str]
+
+
+class Coalescer:
+    """At most one reconcile per ChatService at a time; requests during one run it once more."""
+
+    def __init__(self, work: Callable[[str, str], Awaitable[None]]) -> None:
+        self._work = work
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._pending: dict[Key, asyncio.Task[None]] = {}
+
+    async def run(self, namespace: str, name: str) -> None:
+        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
+        async with lock:
+            await self._work(namespace, name)
+
+    def request(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key not in self._pending:  # a queued run will see this change too
+            task = asyncio.create_task(self._queued(key))
+            self._pending[key] = task
+
+    async def _queued(self, key: Key) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self._pending.pop(key, None)
+            try:
+                await self._work(*key)
+            except Exception:
+                log.exception("reconcile of %s/%s failed; the next event or resync retries", *key)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._locks.pop((namespace, name), None)
+
+    async def aclose(self) -> None:
+        tasks = list(self._pending.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Operator:
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.coalescer = Coalescer(self._reconcile_named)
+
+    async def _reconcile_named(self, namespace: str, name: str) -> None:
+        body = await read_chat_service(self.client, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # garbage collection removes the children
+        outcome = await reconcile(self.client, body)
+        for verb, items in (
+            ("Created", outcome.created),
+            ("Updated", outcome.updated),
+            ("Deleted", outcome.deleted),
+        ):
+            if items:
+                kopf.info(
+                    cast(kopf.Body, body),
+                    reason=verb,
+                    message=f"{verb.lower()} " + ", ".join(items),
+                )
+
+
+def _operator(memo: Any) -> Operator:
+    operator: Operator = memo.operator
+    return operator
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.watching.connect_timeout = 10
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.posting.level = logging.INFO
+    memo.operator = Operator(AsyncClient(field_manager=MANAGER))
+
+
+@kopf.on.cleanup()
+async def close(memo: Any, **_: Any) -> None:
+    operator = _operator(memo)
+    await operator.coalescer.aclose()
+    await operator.client.close()
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def chat_service_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    try:
+        await _operator(memo).coalescer.run(namespace or "", name)
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"API server: {exc.status.message}", delay=5) from exc
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _operator(memo).coalescer.request(namespace or "", name)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+async def chat_service_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _operator(memo).coalescer.forget(namespace or "", name)
+
+
+def _watch_children() -> None:
+    for api_version, plural in CHILD_KINDS:
+
+        @kopf.on.event(api_version, plural, labels=OURS)
+        async def child_changed(
+            namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+        ) -> None:
+            """A child changed (status, drift) or was deleted: reconcile its owner."""
+            owner = labels.get("app.kubernetes.io/instance")
+            if owner and namespace:
+                _operator(memo).coalescer.request(namespace, owner)
+
+
+_watch_children()

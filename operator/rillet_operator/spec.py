@@ -1,0 +1,290 @@
+"""The ChatService spec and status (`rillet.dev/v1alpha1`): the one source of the CRD schema.
+
+Field names are camelCase in YAML and snake_case in Python. Defaults live here, and the
+generated CRD carries them, so the API server fills them in and `kubectl get -o yaml` shows
+what will run. Cross-field rules are CEL (`x-kubernetes-validations`) so the API server
+rejects a bad spec at `kubectl apply`, with the message below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+GROUP = "rillet.dev"
+VERSION = "v1alpha1"
+KIND = "ChatService"
+PLURAL = "chatservices"
+DEFAULT_IMAGE = "ghcr.io/rillet-dev/rillet:0.1.0"
+
+Quantity = str  # a Kubernetes quantity ("256Mi", "500m"); the API server parses it
+
+
+def cel(rule: str, message: str) -> JsonDict:
+    return {"rule": rule, "message": message}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class SecretKeyRef(Model):
+    """A key of a Secret in the ChatService's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class GraphSpec(Model):
+    ref: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="`module:attribute` of a compiled LangGraph graph in the image; "
+        "unset: the built-in RAG chat graph",
+    )
+
+
+class ProviderSpec(Model):
+    provider: Literal["extractive", "openai", "anthropic"] = Field(
+        "extractive",
+        description="`extractive` is the offline default; `openai` covers any "
+        "OpenAI-compatible server (vLLM, llama.cpp, Ollama)",
+    )
+    name: str | None = Field(None, max_length=256, description="model name sent to the provider")
+    base_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="the API key, injected as an environment variable, never in a ConfigMap"
+    )
+    max_tokens: int = Field(1024, ge=1, le=1_000_000)
+    timeout_seconds: int = Field(60, ge=1, le=3600)
+
+
+_PROVIDER_RULES: list[JsonValue] = [
+    cel(
+        "self.provider == 'extractive' || has(self.name)",
+        "name is required for the openai and anthropic providers",
+    ),
+    cel(
+        "self.provider != 'anthropic' || has(self.apiKeySecretRef)",
+        "apiKeySecretRef is required for the anthropic provider",
+    ),
+    cel(
+        "self.provider != 'openai' || has(self.apiKeySecretRef) || has(self.baseUrl)",
+        "the openai provider needs apiKeySecretRef, or baseUrl of a server that needs no key",
+    ),
+]
+
+
+class FallbackModelSpec(ProviderSpec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _PROVIDER_RULES})
+
+
+class ModelSpec(ProviderSpec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _PROVIDER_RULES})
+
+    fallback: FallbackModelSpec | None = Field(
+        None, description="used when the primary fails before its first token"
+    )
+
+
+class ResourcesSpec(Model):
+    requests: dict[str, Quantity] = Field(
+        default_factory=lambda: {"cpu": "500m", "memory": "512Mi"}
+    )
+    limits: dict[str, Quantity] = Field(default_factory=lambda: {"memory": "1Gi"})
+
+
+class ServerSpec(Model):
+    workers_per_pod: int = Field(2, ge=1, le=64, description="gunicorn workers in each pod")
+    max_concurrent_streams_per_worker: int = Field(
+        100, ge=1, le=10_000, description="over it a worker answers 503 with Retry-After"
+    )
+    max_stream_seconds: int = Field(
+        300,
+        ge=10,
+        le=3600,
+        description="longest answer; the pods' termination grace derives from it",
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+
+class ManagedRedisSpec(Model):
+    image: str = "redis:7.2-alpine"
+    memory_limit: Quantity = Field("256Mi", description="container limit; maxmemory is 80% of it")
+    eviction_policy: Literal[
+        "noeviction", "volatile-lru", "volatile-lfu", "volatile-ttl", "allkeys-lru", "allkeys-lfu"
+    ] = Field("volatile-lru", description="every Rillet key has a TTL, so volatile-* is safe")
+    persistence: bool = Field(False, description="append-only file on a PersistentVolumeClaim")
+    storage_size: Quantity = "1Gi"
+
+
+class ExternalRedisSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.url) != has(self.urlSecretRef)",
+                    "set exactly one of redis.external.url and redis.external.urlSecretRef",
+                )
+            ]
+        }
+    )
+
+    url: str | None = Field(
+        None, pattern=r"^rediss?://[^@]*$", description="without a password; else use urlSecretRef"
+    )
+    url_secret_ref: SecretKeyRef | None = Field(None, description="a URL that carries a password")
+    cluster: bool = False
+
+
+class RedisSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.managed) != has(self.external)",
+                    "set exactly one of redis.managed and redis.external",
+                )
+            ]
+        }
+    )
+
+    managed: ManagedRedisSpec | None = None
+    external: ExternalRedisSpec | None = None
+    checkpoint_ttl_seconds: int = Field(604800, ge=0, description="0 keeps threads forever")
+    compress_min_bytes: int = Field(1024, ge=0)
+
+
+class HnswSpec(Model):
+    m: int = Field(16, ge=4, le=128)
+    ef_construction: int = Field(200, ge=8, le=2048)
+    ef_search: int = Field(64, ge=8, le=2048)
+
+
+class PineconeSpec(Model):
+    host: str = Field(pattern=r"^https://", description="the index host from Pinecone's console")
+    namespace: str = ""
+    api_key_secret_ref: SecretKeyRef
+
+
+class QdrantSpec(Model):
+    url: str = Field(pattern=r"^https?://")
+    collection: str = Field(min_length=1)
+    api_key_secret_ref: SecretKeyRef | None = None
+
+
+class ChromaSpec(Model):
+    url: str = Field(pattern=r"^https?://")
+    collection: str = Field(min_length=1)
+
+
+_INDEX_RULES: list[JsonValue] = [
+    cel(f"self.provider != '{p}' || has(self.{p})", f"{p} settings are required")
+    for p in ("pinecone", "qdrant", "chroma")
+]
+
+
+class VectorIndexSpec(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _INDEX_RULES})
+
+    provider: Literal["embedded", "pinecone", "qdrant", "chroma"] = "embedded"
+    hnsw: HnswSpec = Field(default_factory=HnswSpec)
+    pinecone: PineconeSpec | None = None
+    qdrant: QdrantSpec | None = None
+    chroma: ChromaSpec | None = None
+    k: int = Field(3, ge=1, le=50)
+    score_threshold: float = Field(0.0, ge=0)
+    hybrid: bool = True
+
+
+class EmbeddingsSpec(Model):
+    provider: Literal["offline", "openai"] = "offline"
+    model: str | None = None
+    base_url: str | None = Field(None, pattern=r"^https?://")
+    api_key_secret_ref: SecretKeyRef | None = None
+
+
+class StreamingSpec(Model):
+    coalesce_max_chars: int = Field(32, ge=1, le=4096)
+    coalesce_max_ms: int = Field(15, ge=0, le=1000)
+    heartbeat_seconds: int = Field(15, ge=0, le=300)
+    resumable: bool = Field(True, description="needs redis")
+
+
+class LatencyTargetsSpec(Model):
+    ttft_p95_ms: int = Field(1000, ge=10, description="time to first token, 95th percentile")
+    inter_token_p95_ms: int = Field(100, ge=1, description="gap between tokens, 95th percentile")
+
+
+class AutoscalingSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "minReplicas must not exceed maxReplicas",
+                )
+            ]
+        }
+    )
+
+    min_replicas: int = Field(2, ge=1, le=1000)
+    max_replicas: int = Field(10, ge=1, le=1000)
+    engine: Literal["hpa", "keda"] = "hpa"
+
+
+class ChatServiceSpec(Model):
+    image: str = Field(DEFAULT_IMAGE, min_length=1)
+    replicas: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="a fixed pod count; set (or `kubectl scale`), autoscaling is off",
+    )
+    graph: GraphSpec = Field(default_factory=GraphSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    redis: RedisSpec | None = Field(
+        None, description="unset: in-memory state in each worker (a demo, not for production)"
+    )
+    vector_index: VectorIndexSpec = Field(default_factory=VectorIndexSpec)
+    embeddings: EmbeddingsSpec = Field(default_factory=EmbeddingsSpec)
+    streaming: StreamingSpec = Field(default_factory=StreamingSpec)
+    latency_targets: LatencyTargetsSpec = Field(default_factory=LatencyTargetsSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+
+
+class Condition(Model):
+    type: Literal["Ready", "Progressing", "Degraded", "RedisReady"]
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class ObservedLatency(Model):
+    ttft_p95_ms: float | None = None
+    inter_token_p95_ms: float | None = None
+
+
+class ChatServiceStatus(Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    selector: str | None = Field(None, description="for the scale subresource")
+    endpoint: str | None = Field(None, description="the in-cluster URL of the chat API")
+    observed_latency: ObservedLatency | None = None
+
+
+def parse_spec(spec: dict[str, Any]) -> ChatServiceSpec:
+    return ChatServiceSpec.model_validate(spec)

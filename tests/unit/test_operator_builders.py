@@ -1,0 +1,232 @@
+"""The operator's pure parts: builders against golden files, settings translation, status
+computation, and the CRD against the spec model.
+
+Golden files live in tests/golden/; after an intended change, rewrite them with
+`RILLET_UPDATE_GOLDEN=1 make test-unit` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from rillet_operator import builders
+from rillet_operator.builders import ChatService, children
+from rillet_operator.crd import CRD_PATH, render_crd, to_yaml
+from rillet_operator.runtime_settings import runtime_settings, secret_env
+from rillet_operator.spec import ChatServiceSpec
+from rillet_operator.status import Observed, compute_status
+from rillet_runtime.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
+GOLDEN = ROOT / "tests" / "golden"
+UPDATE = os.environ.get("RILLET_UPDATE_GOLDEN") == "1"
+
+
+def chat_service(example: Path) -> ChatService:
+    document = yaml.safe_load(example.read_text())
+    meta = document["metadata"]
+    body = {
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace", "default"),
+            "uid": "uid-1",
+        },
+        "spec": document["spec"],
+    }
+    return ChatService.from_body(body)
+
+
+def check_golden(name: str, content: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(content)
+    assert path.exists(), f"{path} is missing: run with RILLET_UPDATE_GOLDEN=1"
+    assert content == path.read_text(), f"{name} drifted from its golden file"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_children_match_their_golden_files(example: Path) -> None:
+    cs = chat_service(example)
+    manifests = children(cs, redis_password="pw")
+    check_golden(f"{example.stem}.yaml", "".join(f"---\n{to_yaml(m)}" for m in manifests))
+
+
+def test_the_committed_crd_matches_the_spec_model() -> None:
+    if UPDATE:
+        CRD_PATH.write_text(render_crd())
+    assert CRD_PATH.read_text() == render_crd(), "run `make manifests` and commit crds/"
+
+
+def test_the_examples_are_valid_specs_and_cover_every_child() -> None:
+    kinds = {m["kind"] for example in EXAMPLES for m in children(chat_service(example), "pw")}
+    assert kinds == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "Secret",
+        "StatefulSet",
+    }
+
+
+def test_rendered_settings_are_valid_runtime_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap's file plus the env the Deployment sets load as the runtime's Settings."""
+    for example in EXAMPLES:
+        cs = chat_service(example)
+        config = builders.config_map(cs)["data"]["settings.yaml"]
+        (tmp_path / "settings.yaml").write_text(config)
+        monkeypatch.setenv("RILLET_SETTINGS_FILE", str(tmp_path / "settings.yaml"))
+        for env in secret_env(cs.name, cs.spec):  # what the kubelet would inject
+            monkeypatch.setenv(env["name"], env.get("value", f"secret-{env['name'].lower()}"))
+        settings = Settings()
+        assert settings.server.workers == cs.spec.server.workers_per_pod
+        assert settings.state.checkpointer == ("redis" if cs.spec.redis else "memory")
+        if cs.spec.model.fallback and cs.spec.model.fallback.api_key_secret_ref:
+            assert settings.model.fallback is not None
+            assert settings.model.fallback.api_key is not None
+        for env in secret_env(cs.name, cs.spec):
+            monkeypatch.delenv(env["name"])
+
+
+def test_no_secret_reaches_the_config_map() -> None:
+    cs = chat_service(ROOT / "docs" / "examples" / "openai-managed-redis.yaml")
+    config = builders.config_map(cs)["data"]["settings.yaml"]
+    for secret_word in ("api_key", "redis_url", "pw"):
+        assert secret_word not in config
+    assert {e["name"] for e in secret_env(cs.name, cs.spec)} >= {
+        "RILLET_MODEL__API_KEY",
+        "RILLET_STATE__REDIS_URL",
+    }
+
+
+def test_a_settings_change_changes_the_pod_template_hash() -> None:
+    cs = chat_service(EXAMPLES[0])
+    changed = ChatService(
+        cs.name,
+        cs.namespace,
+        cs.uid,
+        cs.spec.model_copy(
+            update={"streaming": cs.spec.streaming.model_copy(update={"coalesce_max_chars": 99})}
+        ),
+    )
+    assert builders.settings_hash(cs) != builders.settings_hash(changed)
+    scaled = ChatService(
+        cs.name,
+        cs.namespace,
+        cs.uid,
+        cs.spec.model_copy(
+            update={"autoscaling": cs.spec.autoscaling.model_copy(update={"max_replicas": 9})}
+        ),
+    )
+    assert builders.settings_hash(cs) == builders.settings_hash(scaled)  # no needless rollout
+
+
+def test_grace_period_outlasts_the_longest_stream() -> None:
+    cs = chat_service(EXAMPLES[0])
+    settings = runtime_settings(cs.spec)["server"]
+    gunicorn_grace = settings["max_stream_seconds"] + settings["drain_seconds"] + 5
+    assert builders.termination_grace_seconds(cs) > gunicorn_grace + settings["drain_seconds"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"server": {"workersPerPod": 0}}, "server.workersPerPod"),
+        ({"model": {"provider": "gemini"}}, "model.provider"),
+        ({"redis": {"external": {"url": "redis://:pw@host:6379"}}}, "redis.external.url"),
+        ({"typo": 1}, "typo"),
+    ],
+)
+def test_bad_specs_name_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ChatServiceSpec.model_validate(spec)
+    assert field in {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}
+
+
+def deployment(generation: int = 1, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"generation": generation}, "spec": {"replicas": 2}, "status": status}
+
+
+AVAILABLE = {"type": "Available", "status": "True"}
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def test_status_follows_the_rollout() -> None:
+    cs = chat_service(ROOT / "docs" / "examples" / "openai-managed-redis.yaml")
+    redis_ready = {"status": {"readyReplicas": 1}}
+    rolling = Observed(
+        3,
+        deployment(
+            observedGeneration=1,
+            replicas=3,
+            updatedReplicas=1,
+            availableReplicas=2,
+            conditions=[AVAILABLE],
+        ),
+        redis_ready,
+    )
+    status = compute_status(cs, rolling, {}, "t1")
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Ready")["reason"] == "RollingOut"
+    assert condition(status, "Progressing")["status"] == "True"
+    assert status["observedGeneration"] == 3
+
+    done = Observed(
+        3,
+        deployment(
+            observedGeneration=1,
+            replicas=2,
+            updatedReplicas=2,
+            availableReplicas=2,
+            readyReplicas=2,
+            conditions=[AVAILABLE],
+        ),
+        redis_ready,
+    )
+    later = compute_status(cs, done, status, "t2")
+    assert condition(later, "Ready")["status"] == "True"
+    assert condition(later, "Ready")["lastTransitionTime"] == "t2"
+    assert condition(later, "Degraded")["lastTransitionTime"] == "t1"  # unchanged status
+    assert later["readyReplicas"] == 2
+    assert later["endpoint"] == "http://support-chat.default.svc:80"
+
+    no_redis = compute_status(cs, Observed(3, done.deployment, {"status": {}}), later, "t3")
+    assert condition(no_redis, "Ready")["reason"] == "RedisNotReady"
+    assert condition(no_redis, "RedisReady")["status"] == "False"
+
+
+def test_a_stuck_rollout_is_degraded() -> None:
+    cs = chat_service(EXAMPLES[0])
+    stuck = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": "image pull failed",
+    }
+    observed = Observed(
+        1,
+        deployment(
+            observedGeneration=1,
+            replicas=2,
+            updatedReplicas=2,
+            availableReplicas=0,
+            conditions=[stuck],
+        ),
+        None,
+    )
+    status = compute_status(cs, observed, {}, "t")
+    assert condition(status, "Degraded")["reason"] == "ProgressDeadlineExceeded"
+    assert condition(status, "Ready")["reason"] == "DeploymentUnavailable"
