@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,14 +168,24 @@ async def test_parallel_writes_survive_a_failed_sibling(
         items: Annotated[list[str], operator.add]
 
     runs = {"steady": 0, "flaky": 0}
+    steady_done = threading.Event()
 
     def steady(state: State) -> dict[str, Any]:
         runs["steady"] += 1
+        steady_done.set()
         return {"items": ["steady"]}
 
     def flaky(state: State) -> dict[str, Any]:
         runs["flaky"] += 1
         if runs["flaky"] == 1:
+            # Fail only once the sibling's write is saved: failing first would cancel it,
+            # leaving no write to keep (the order is otherwise up to the scheduler).
+            assert steady_done.wait(timeout=10)
+            for _ in range(200):
+                saved = saver.get_tuple(config)
+                if saved and any(ch == "items" for _, ch, _ in saved.pending_writes or ()):
+                    break
+                time.sleep(0.01)
             raise RuntimeError("first attempt fails")
         return {"items": ["flaky"]}
 
