@@ -9,15 +9,16 @@ CACHE_DIR ?= $(or $(RILLET_CACHE),$(XDG_CACHE_HOME),$(HOME)/.cache)/rillet
 DEPS_KEY := $(shell { cat pyproject.toml; $(PYTHON) --version; } | sha256sum | cut -c1-16)
 VENV := $(CACHE_DIR)/venv-$(DEPS_KEY)
 PY := $(VENV)/bin/python
-export PYTHONPATH := $(CURDIR)/runtime:$(CURDIR)/operator$(if $(PYTHONPATH),:$(PYTHONPATH))
+export PYTHONPATH := $(CURDIR)/runtime:$(CURDIR)/operator:$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv redis-server run test test-unit test-integration lint format bench clean
+.PHONY: help venv redis-server control-plane run cluster manifests test test-unit \
+	test-integration test-e2e lint format bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(VENV)/.installed:
 	$(PYTHON) -m venv --clear $(VENV)
@@ -36,10 +37,19 @@ redis-server: ## install redis-server from Debian's packages if it is missing (t
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@redis-server --version
 
+control-plane: ## build etcd, the Kubernetes control plane, kubectl, KWOK and helm (cached by version)
+	@bash testcluster/build.sh >/dev/null
+
 run: venv ## serve the API on 127.0.0.1:8000: offline model, bundled docs, in-memory state
 	$(PY) -m rillet_runtime serve
 
-test: venv redis-server lint ## the whole suite: lint, types, unit and integration tests
+cluster: venv control-plane ## a local control plane with fake nodes and the CRD, for trying the operator
+	$(PY) -m testcluster
+
+manifests: venv ## regenerate the CRD in crds/ from the operator's spec model
+	$(PY) -m rillet_operator.crd
+
+test: venv redis-server control-plane lint ## the whole suite: lint, types, unit, integration and e2e
 	$(PY) -m pytest
 
 test-unit: venv ## unit tests only
@@ -47,6 +57,9 @@ test-unit: venv ## unit tests only
 
 test-integration: venv redis-server ## integration tests only (real gunicorn, real SDKs)
 	$(PY) -m pytest tests/integration
+
+test-e2e: venv control-plane ## e2e tests: the operator against a real control plane
+	$(PY) -m pytest tests/e2e
 
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check .

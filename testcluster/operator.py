@@ -1,0 +1,60 @@
+"""`rillet operator` as a real process against a TestCluster, as a person would run it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from rillet_runtime.bench.local import free_port
+from testcluster.cluster import TestCluster
+
+
+class OperatorProcess:
+    def __init__(self, cluster: TestCluster, log: Path) -> None:
+        self.cluster = cluster
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.health_url = ""
+
+    def start(self, timeout: float = 60) -> None:
+        self.health_url = f"http://127.0.0.1:{free_port()}/healthz"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rillet_runtime", "operator", "--liveness", self.health_url],
+                env=self.cluster.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited:\n{self.log_tail()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.health_url, timeout=1):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"operator not live:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""

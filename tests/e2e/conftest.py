@@ -1,0 +1,44 @@
+"""One real control plane and one real operator process for the e2e session."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testcluster import TestCluster
+from testcluster.operator import OperatorProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+_namespaces = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    with TestCluster(tmp_path_factory.mktemp("cluster")) as started:
+        started.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        started.kubectl(
+            "wait", "--for=condition=Established", "crd/chatservices.rillet.dev", "--timeout=60s"
+        )
+        yield started
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: TestCluster) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster, cluster.logs / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def namespace(cluster: TestCluster, operator: OperatorProcess) -> Iterator[str]:
+    """A namespace of the test's own, with the operator running (restarted if a test stopped it)."""
+    if operator.proc is None or operator.proc.poll() is not None:
+        operator.start()
+    name = f"e2e-{next(_namespaces)}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")

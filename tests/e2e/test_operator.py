@@ -1,0 +1,394 @@
+"""The operator end to end, as a user runs it: the real kubectl against a real
+kube-apiserver, etcd, controller-manager, scheduler and KWOK nodes, and `rillet operator`
+as a real process. Pods never run here (KWOK marks them Ready), so these tests are about
+what the operator writes and how the cluster's own controllers take it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testcluster import TestCluster
+from testcluster.operator import OperatorProcess
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+GROUP = "rillet.dev"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
+    """Poll until `check` returns something truthy (functional deadline, not a speed test)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    found = [c for c in body.get("status", {}).get("conditions", []) if c["type"] == kind]
+    return found[0] if found else {}
+
+
+def wait_ready(cluster: TestCluster, namespace: str, name: str, timeout: int = 180) -> None:
+    cluster.kubectl(
+        "wait",
+        "-n",
+        namespace,
+        f"chatservice/{name}",
+        "--for=condition=Ready",
+        f"--timeout={timeout}s",
+        timeout=timeout + 30,
+    )
+
+
+def chat_service(cluster: TestCluster, namespace: str, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = cluster.get_json("-n", namespace, "chatservice", name)
+    return body
+
+
+def manifest(name: str, **spec: Any) -> str:
+    return json.dumps(
+        {
+            "apiVersion": f"{GROUP}/v1alpha1",
+            "kind": "ChatService",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def test_demo_example_creates_children_and_becomes_ready(
+    cluster: TestCluster, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "demo.yaml"))
+    wait_ready(cluster, namespace, "demo")
+
+    deployment = cluster.get_json("-n", namespace, "deployment", "demo")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["rillet", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("ChatService", "demo", True)
+    managers = {entry["manager"] for entry in deployment["metadata"]["managedFields"]}
+    assert "rillet-operator" in managers
+
+    settings = cluster.get_json("-n", namespace, "configmap", "demo-settings")
+    assert "settings.yaml" in settings["data"]
+    assert cluster.get_json("-n", namespace, "service", "demo")["spec"]["ports"][0]["port"] == 80
+    pdb = cluster.get_json("-n", namespace, "poddisruptionbudget", "demo")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    hpa = cluster.get_json("-n", namespace, "horizontalpodautoscaler", "demo")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+
+    # The cluster's own controllers take it from there: the HPA raises the Deployment to
+    # its minimum, the scheduler binds the pods to KWOK nodes, KWOK marks them Ready.
+    wait_for(
+        "the HPA's minimum of 2 available pods",
+        lambda: (
+            cluster.get_json("-n", namespace, "deployment", "demo")["status"].get(
+                "availableReplicas"
+            )
+            == 2
+        ),
+    )
+    body = wait_for(
+        "status with 2 ready replicas",
+        lambda: (
+            (cs := chat_service(cluster, namespace, "demo"))["status"].get("readyReplicas") == 2
+            and cs
+        ),
+    )
+    status = body["status"]
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    assert status["endpoint"] == f"http://demo.{namespace}.svc:80"
+    assert condition(body, "Degraded")["status"] == "False"
+
+    table = cluster.kubectl("get", "chat", "-n", namespace).stdout
+    assert table.split("\n")[0].split()[:3] == ["NAME", "READY", "REPLICAS"]
+    assert table.split("\n")[1].split()[:2] == ["demo", "True"]
+    events = cluster.get_json(
+        "-n", namespace, "events", "--field-selector", "involvedObject.name=demo"
+    )
+    reasons = {(e["involvedObject"]["kind"], e["reason"]) for e in events["items"]}
+    assert ("ChatService", "Created") in reasons
+
+
+def test_managed_redis_example(cluster: TestCluster, namespace: str) -> None:
+    cluster.kubectl(
+        "create", "secret", "generic", "openai", "-n", namespace, "--from-literal=api-key=sk-test"
+    )
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "openai-managed-redis.yaml"))
+    wait_ready(cluster, namespace, "support-chat")
+
+    body = chat_service(cluster, namespace, "support-chat")
+    assert condition(body, "RedisReady")["status"] == "True"
+    redis = cluster.get_json("-n", namespace, "statefulset", "support-chat-redis")
+    assert "--maxmemory-policy" in redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    secret = cluster.get_json("-n", namespace, "secret", "support-chat-redis")
+    assert secret["data"]["password"]
+
+    settings = cluster.get_json("-n", namespace, "configmap", "support-chat-settings")
+    assert "sk-test" not in json.dumps(settings)  # secrets reach pods as env, never as config
+    env = cluster.get_json("-n", namespace, "deployment", "support-chat")["spec"]["template"][
+        "spec"
+    ]["containers"][0]["env"]
+    key_ref = next(e for e in env if e["name"] == "RILLET_MODEL__API_KEY")
+    assert key_ref["valueFrom"]["secretKeyRef"] == {"name": "openai", "key": "api-key"}
+
+    # Switching to an external Redis removes the managed one the operator created.
+    patch = {"spec": {"redis": {"managed": None, "external": {"url": "redis://cache:6379/0"}}}}
+    cluster.kubectl(
+        "patch", "-n", namespace, "chat", "support-chat", "--type=merge", "-p", json.dumps(patch)
+    )
+    wait_for(
+        "the managed Redis to be pruned",
+        lambda: (
+            cluster.kubectl(
+                "get", "-n", namespace, "statefulset", "support-chat-redis", check=False
+            ).returncode
+            != 0
+        ),
+    )
+    wait_ready(cluster, namespace, "support-chat")
+
+
+def test_external_redis_example_in_its_own_namespace(
+    cluster: TestCluster, operator: OperatorProcess
+) -> None:
+    if operator.proc is None or operator.proc.poll() is not None:
+        operator.start()
+    example = yaml.safe_load((EXAMPLES / "vllm-external-redis.yaml").read_text())
+    namespace = example["metadata"]["namespace"]
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        cluster.kubectl("apply", "-f", str(EXAMPLES / "vllm-external-redis.yaml"))
+        wait_ready(cluster, namespace, "docs-chat")
+        deployment = cluster.get_json("-n", namespace, "deployment", "docs-chat")
+        assert deployment["spec"]["replicas"] == 3  # a fixed count: no HPA
+        hpa = cluster.kubectl("get", "-n", namespace, "hpa", "docs-chat", check=False)
+        assert hpa.returncode != 0
+        assert not cluster.get_json("-n", namespace, "statefulsets")["items"]
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_spec_change_rolls_the_pods(cluster: TestCluster, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("roll", replicas=2))
+    wait_ready(cluster, namespace, "roll")
+    before = cluster.get_json("-n", namespace, "pods", "-l", "app.kubernetes.io/instance=roll")
+    old_pods = {p["metadata"]["name"] for p in before["items"]}
+    old_hash = cluster.get_json("-n", namespace, "deployment", "roll")["spec"]["template"][
+        "metadata"
+    ]["annotations"]["rillet.dev/settings-hash"]
+
+    patch = {"spec": {"streaming": {"coalesceMaxChars": 8}}}
+    cluster.kubectl(
+        "patch", "-n", namespace, "chat", "roll", "--type=merge", "-p", json.dumps(patch)
+    )
+
+    def rolled() -> bool:
+        body = chat_service(cluster, namespace, "roll")
+        ready = condition(body, "Ready")
+        return (
+            body["status"].get("observedGeneration") == body["metadata"]["generation"]
+            and ready.get("status") == "True"
+        )
+
+    wait_for("the rollout of the new settings", rolled, timeout=180)
+    deployment = cluster.get_json("-n", namespace, "deployment", "roll")
+    new_hash = deployment["spec"]["template"]["metadata"]["annotations"]["rillet.dev/settings-hash"]
+    assert new_hash != old_hash
+    settings = cluster.get_json("-n", namespace, "configmap", "roll-settings")
+    assert "8" in settings["data"]["settings.yaml"]
+    wait_for(
+        "every old pod to be replaced",
+        lambda: (
+            not old_pods
+            & {
+                p["metadata"]["name"]
+                for p in cluster.get_json(
+                    "-n", namespace, "pods", "-l", "app.kubernetes.io/instance=roll"
+                )["items"]
+            }
+        ),
+    )
+
+
+def test_invalid_specs_are_rejected_with_the_cel_message(
+    cluster: TestCluster, namespace: str
+) -> None:
+    cases = [
+        (
+            {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+            "minReplicas must not exceed maxReplicas",
+        ),
+        (
+            {"redis": {"managed": {}, "external": {"url": "redis://r:6379"}}},
+            "set exactly one of redis.managed and redis.external",
+        ),
+        ({"model": {"provider": "anthropic", "name": "claude"}}, "apiKeySecretRef is required"),
+        ({"server": {"workersPerPod": 0}}, "spec.server.workersPerPod"),
+    ]
+    for spec, message in cases:
+        done = cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-", input=manifest("bad", **spec), check=False
+        )
+        assert done.returncode != 0, spec
+        assert message in done.stderr, done.stderr
+    assert not cluster.get_json("-n", namespace, "chatservices")["items"]
+
+
+def test_deleting_collects_every_child(cluster: TestCluster, namespace: str) -> None:
+    cluster.kubectl(
+        "create", "secret", "generic", "openai", "-n", namespace, "--from-literal=api-key=k"
+    )
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "openai-managed-redis.yaml"))
+    wait_ready(cluster, namespace, "support-chat")
+    kinds = "configmaps,services,secrets,deployments,statefulsets,pdb,hpa"
+    selector = "app.kubernetes.io/instance=support-chat"
+    assert len(cluster.get_json("-n", namespace, kinds, "-l", selector)["items"]) == 8
+
+    cluster.kubectl("delete", "-n", namespace, "chat", "support-chat", "--timeout=60s")
+    wait_for(
+        "garbage collection of the children",
+        lambda: not cluster.get_json("-n", namespace, kinds, "-l", selector)["items"],
+    )
+    wait_for(
+        "the pods to go",
+        lambda: not cluster.get_json("-n", namespace, "pods", "-l", selector)["items"],
+    )
+    # The user's Secret was never the operator's.
+    cluster.kubectl("get", "-n", namespace, "secret", "openai")
+
+
+def test_drift_is_corrected(cluster: TestCluster, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("drift", replicas=1))
+    wait_ready(cluster, namespace, "drift")
+    service_uid = cluster.get_json("-n", namespace, "service", "drift")["metadata"]["uid"]
+
+    cluster.kubectl("delete", "-n", namespace, "service", "drift")
+    wait_for(
+        "the Service to be recreated",
+        lambda: (
+            (
+                found := cluster.kubectl(
+                    "get", "-n", namespace, "service", "drift", "-o", "json", check=False
+                )
+            ).returncode
+            == 0
+            and json.loads(found.stdout)["metadata"]["uid"] != service_uid
+        ),
+    )
+
+    cluster.kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "deployment",
+        "drift",
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {
+                    "op": "replace",
+                    "path": "/spec/template/spec/containers/0/command",
+                    "value": ["sleep", "1d"],
+                }
+            ]
+        ),
+    )
+    wait_for(
+        "the Deployment's command to be restored",
+        lambda: (
+            cluster.get_json("-n", namespace, "deployment", "drift")["spec"]["template"]["spec"][
+                "containers"
+            ][0]["command"]
+            == ["rillet", "serve"]
+        ),
+    )
+    events = cluster.get_json(
+        "-n", namespace, "events", "--field-selector", "involvedObject.name=drift"
+    )
+    messages = " ".join(
+        e["message"] for e in events["items"] if e["reason"] in {"Created", "Updated"}
+    )
+    assert "Service drift" in messages
+    assert "Deployment drift" in messages
+
+
+def test_operator_killed_mid_reconcile_converges(
+    cluster: TestCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    names = [f"restart-{i}" for i in range(5)]
+    documents = [json.loads(manifest(name, replicas=1)) for name in names]
+    cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
+    )
+    # Kill it as soon as it has started on them: some children exist, others not yet.
+    wait_for(
+        "the first child",
+        lambda: cluster.get_json(
+            "-n", namespace, "configmaps", "-l", "app.kubernetes.io/managed-by=rillet-operator"
+        )["items"],
+        timeout=60,
+    )
+    operator.stop(signal.SIGKILL)
+    operator.start()
+    for name in names:
+        wait_ready(cluster, namespace, name)
+    for name in names:
+        assert cluster.kubectl("get", "-n", namespace, "deployment", name).returncode == 0
+
+
+def test_fifty_chat_services_applied_at_once_all_become_ready(
+    cluster: TestCluster, namespace: str
+) -> None:
+    documents = [json.loads(manifest(f"many-{i}", replicas=1)) for i in range(50)]
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=listing)
+    cluster.kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "chatservice",
+        "--all",
+        "--for=condition=Ready",
+        "--timeout=600s",
+        timeout=660,
+    )
+    services = cluster.get_json("-n", namespace, "chatservices")["items"]
+    assert len(services) == 50
+    assert all(condition(cs, "Ready")["status"] == "True" for cs in services)
+
+
+def test_unsupported_settings_are_reported_degraded(cluster: TestCluster, namespace: str) -> None:
+    spec = {"replicas": 1, "autoscaling": {"engine": "keda"}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("keda", **spec))
+    body = wait_for(
+        "a Degraded condition",
+        lambda: (
+            condition(cs := chat_service(cluster, namespace, "keda"), "Degraded").get("status")
+            == "True"
+            and cs
+        ),
+    )
+    assert "keda" in condition(body, "Degraded")["message"].lower()
