@@ -24,8 +24,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"starting etcd, kube-apiserver, controllers, scheduler and KWOK in {workdir} ...")
-    with TestCluster(workdir, nodes=options.nodes) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    with TestCluster(workdir, nodes=options.nodes, crds=(ROOT / "crds",)) as cluster:
         print(
             f"\nready: {cluster.server}, {options.nodes} fake nodes, the ChatService CRD.\n"
             f"  export KUBECONFIG={cluster.kubeconfig} PATH={cluster.bin_dir}:$PATH\n"

@@ -200,6 +200,7 @@ class TestCluster:
     workdir: Path
     bin_dir: Path = field(default_factory=build)
     nodes: int = 3
+    crds: tuple[Path, ...] = ()  # installed before the controllers start (see _install_crds)
     components: list[Component] = field(default_factory=list)
 
     @property
@@ -267,10 +268,13 @@ class TestCluster:
                         f"--service-cluster-ip-range={SERVICE_CIDR}",
                         "--allow-privileged=true",
                         "--disable-admission-plugins=ServiceAccount",
+                        # The `kubernetes` Service's endpoints may not be loopback.
+                        "--endpoint-reconciler-type=none",
                     ],
                     f"{self.server}/readyz",
                 )
             )
+            self._install_crds()
             common = [
                 f"--kubeconfig={kc}",
                 f"--authentication-kubeconfig={kc}",
@@ -318,6 +322,15 @@ class TestCluster:
             self.stop()
             raise
         return self
+
+    def _install_crds(self) -> None:
+        """As in a real cluster, the CRDs exist before the controller-manager starts: its
+        garbage collector only learns of resource kinds added later at its next discovery
+        sync (every 30 s), so owners of those kinds would be collected late."""
+        for path in self.crds:
+            self.kubectl("apply", "--server-side", "-f", str(path))
+        if self.crds:
+            self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     def _run(self, component: Component) -> None:
         binary = self.bin_dir / component.name

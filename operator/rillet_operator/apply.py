@@ -81,6 +81,17 @@ def _optional_children(cs: ChatService) -> list[tuple[str, str]]:
     ]
 
 
+def changed_by_apply(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether our apply changed the spec. The generation says so where there is one:
+    controllers' status writes between our read and our apply also move resourceVersion.
+    A child being deleted (its namespace, say) was not updated by us."""
+    if after["metadata"].get("deletionTimestamp"):
+        return False
+    key = "generation" if "generation" in after["metadata"] else "resourceVersion"
+    changed: bool = before["metadata"].get(key) != after["metadata"].get(key)
+    return changed
+
+
 def _owned_by(obj: dict[str, Any], cs: ChatService) -> bool:
     return any(ref.get("uid") == cs.uid for ref in obj["metadata"].get("ownerReferences", []))
 
@@ -102,7 +113,7 @@ async def reconcile(client: AsyncClient, body: dict[str, Any]) -> Outcome:
         label = f"{kind} {name}"
         if before is None:
             outcome.created.append(label)
-        elif before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
+        elif changed_by_apply(before, after):
             outcome.updated.append(label)
 
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
@@ -132,6 +143,13 @@ async def reconcile(client: AsyncClient, body: dict[str, Any]) -> Outcome:
             patch_type=PatchType.MERGE,
         )
     return outcome
+
+
+def namespace_terminating(exc: ApiError) -> bool:
+    """The namespace controller is deleting everything in it: recreating children would
+    only fight it (and the API server refuses new objects there anyway)."""
+    causes = (exc.status.details and exc.status.details.causes) or []
+    return any(cause.reason == "NamespaceTerminating" for cause in causes)
 
 
 async def read_chat_service(

@@ -1,8 +1,8 @@
 """The ChatService CRD, generated from the spec model (`make manifests` writes crds/).
 
 Pydantic's JSON schema becomes a Kubernetes structural schema: references inlined,
-`anyOf [X, null]` reduced to X, titles dropped, and defaults for nested objects added, so
-the API server fills in a whole default spec from `spec: {}`.
+`anyOf [X, null]` reduced to X, titles dropped, and whole defaults for nested objects
+added, so the API server fills in a complete default spec from `spec: {}`.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def _add_object_defaults(node: dict[str, Any], value: Any) -> None:
         if name not in value or child.get("type") != "object":
             continue
         if "default" not in child:
-            child["default"] = {} if "properties" in child else value[name]
+            # The whole default object, not `{}`: the API server checks CEL rules against
+            # the default as written, before nested defaults would fill it in.
+            child["default"] = value[name]
         _add_object_defaults(child, value[name])
 
 
@@ -77,7 +79,7 @@ def spec_schema() -> dict[str, Any]:
     schema = schema_of(ChatServiceSpec)
     defaults = ChatServiceSpec().model_dump(by_alias=True, exclude_none=True, mode="json")
     _add_object_defaults(schema, defaults)
-    schema["default"] = {}
+    schema["default"] = defaults
     return schema
 
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 from lightkube import ApiError, AsyncClient
 
-from rillet_operator.apply import read_chat_service, reconcile
+from rillet_operator.apply import namespace_terminating, read_chat_service, reconcile
 from rillet_operator.builders import MANAGER
 from rillet_operator.spec import GROUP, PLURAL, VERSION
 
@@ -80,7 +80,13 @@ class Operator:
         body = await read_chat_service(self.client, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # garbage collection removes the children
-        outcome = await reconcile(self.client, body)
+        try:
+            outcome = await reconcile(self.client, body)
+        except ApiError as exc:
+            if not namespace_terminating(exc):
+                raise
+            log.info("%s/%s: its namespace is being deleted; nothing to do", namespace, name)
+            return
         for verb, items in (
             ("Created", outcome.created),
             ("Updated", outcome.updated),

@@ -17,11 +17,7 @@ _namespaces = itertools.count()
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
-    with TestCluster(tmp_path_factory.mktemp("cluster")) as started:
-        started.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        started.kubectl(
-            "wait", "--for=condition=Established", "crd/chatservices.rillet.dev", "--timeout=60s"
-        )
+    with TestCluster(tmp_path_factory.mktemp("cluster"), crds=(ROOT / "crds",)) as started:
         yield started
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from testcluster import TestCluster
@@ -82,7 +83,8 @@ def test_demo_example_creates_children_and_becomes_ready(
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     owner = deployment["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("ChatService", "demo", True)
-    managers = {entry["manager"] for entry in deployment["metadata"]["managedFields"]}
+    fields = cluster.get_json("-n", namespace, "deployment", "demo", "--show-managed-fields")
+    managers = {entry["manager"] for entry in fields["metadata"]["managedFields"]}
     assert "rillet-operator" in managers
 
     settings = cluster.get_json("-n", namespace, "configmap", "demo-settings")
@@ -274,6 +276,20 @@ def test_deleting_collects_every_child(cluster: TestCluster, namespace: str) -> 
     cluster.kubectl("get", "-n", namespace, "secret", "openai")
 
 
+def test_deleting_the_namespace_is_not_fought(
+    cluster: TestCluster, operator: OperatorProcess
+) -> None:
+    """The operator stands back while the namespace controller empties a namespace."""
+    cluster.kubectl("create", "namespace", "doomed")
+    cluster.kubectl("apply", "-n", "doomed", "-f", str(EXAMPLES / "demo.yaml"))
+    wait_ready(cluster, "doomed", "demo")
+    log_before = len(operator.log_tail(chars=10**9))
+    cluster.kubectl("delete", "namespace", "doomed", "--timeout=120s")
+    since = operator.log_tail(chars=10**9)[log_before:]
+    assert "failed" not in since, since
+    assert "Traceback" not in since, since
+
+
 def test_drift_is_corrected(cluster: TestCluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("drift", replicas=1))
     wait_ready(cluster, namespace, "drift")
@@ -359,6 +375,7 @@ def test_operator_killed_mid_reconcile_converges(
         assert cluster.kubectl("get", "-n", namespace, "deployment", name).returncode == 0
 
 
+@pytest.mark.timeout(900)
 def test_fifty_chat_services_applied_at_once_all_become_ready(
     cluster: TestCluster, namespace: str
 ) -> None:
