@@ -159,8 +159,9 @@ def kubeconfig(server: str, pki: Path, user: str = "admin") -> dict[str, Any]:
 
 
 def fake_node(name: str) -> dict[str, Any]:
-    """A node that KWOK keeps Ready and whose pods it marks Running and Ready."""
-    capacity = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+    """A node that KWOK keeps Ready and whose pods it marks Running and Ready; big enough
+    that scheduling never limits a test or a benchmark."""
+    capacity = {"cpu": "256", "memory": "1Ti", "pods": "500", "ephemeral-storage": "1Ti"}
     return {
         "apiVersion": "v1",
         "kind": "Node",

@@ -1,4 +1,5 @@
-"""The ChatService CRD, generated from the spec model (`make manifests` writes crds/).
+"""The ChatService CRD and its reference doc, generated from the spec model (`make manifests`
+writes crds/ and docs/reference/).
 
 Pydantic's JSON schema becomes a Kubernetes structural schema: references inlined,
 `anyOf [X, null]` reduced to X, titles dropped, and whole defaults for nested objects
@@ -7,6 +8,7 @@ added, so the API server fills in a complete default spec from `spec: {}`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from rillet_operator.spec import (
     cel,
 )
 
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{PLURAL}.{GROUP}.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
+REFERENCE_PATH = ROOT / "docs" / "reference" / "chatservice.md"
 MAX_NAME_LENGTH = 57  # "<name>-redis" must stay a valid 63-character Service name
 
 _DROPPED = {"title", "$defs"}
@@ -166,10 +170,64 @@ def render_crd() -> str:
     return header + to_yaml(build_crd())
 
 
+def _constraints(node: dict[str, Any]) -> str:
+    parts = []
+    if "enum" in node:
+        parts.append(" \\| ".join(f"`{v}`" for v in node["enum"]))
+    for key, word in (("minimum", ">="), ("maximum", "<="), ("maxLength", "length <=")):
+        if key in node:
+            strict = key == "minimum" and node.get("exclusiveMinimum")
+            parts.append(f"{'>' if strict else word} {node[key]}")
+    if "pattern" in node:
+        parts.append(f"matches `{node['pattern']}`")
+    return ", ".join(parts)
+
+
+def _rows(node: dict[str, Any], path: str) -> list[str]:
+    rows = []
+    for name, child in node.get("properties", {}).items():
+        child_path = f"{path}.{name}"
+        kind = child.get("type", "")
+        if kind == "object" and "properties" in child:
+            rules = "; ".join(rule["message"] for rule in child.get("x-kubernetes-validations", []))
+            if rules or child.get("description"):
+                note = "; ".join(x for x in (child.get("description", ""), rules) if x)
+                rows.append(f"| `{child_path}` | object | | {note} |")
+            rows += _rows(child, child_path)
+            continue
+        if kind == "object":
+            kind = "map of quantities" if "additionalProperties" in child else kind
+        default = child.get("default")
+        shown = "" if default is None or isinstance(default, dict) else f"`{json.dumps(default)}`"
+        note = "; ".join(x for x in (child.get("description", ""), _constraints(child)) if x)
+        rows.append(f"| `{child_path}` | {kind} | {shown} | {note} |")
+    return rows
+
+
+def render_reference() -> str:
+    """The spec reference in docs/, from the same schema the API server enforces."""
+    spec = spec_schema()
+    lines = [
+        "<!-- Generated from rillet_operator/spec.py by `make manifests`: do not edit. -->",
+        "# ChatService reference (`rillet.dev/v1alpha1`)",
+        "",
+        "Every field of `spec`, its default (filled in by the API server) and its limits.",
+        "Cross-field rules are checked by the API server at `kubectl apply`; their messages",
+        "are listed on the object they belong to. See [the operator guide](../operator.md).",
+        "",
+        "| Field | Type | Default | Notes |",
+        "|---|---|---|---|",
+        *_rows(spec, "spec"),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    CRD_PATH.parent.mkdir(parents=True, exist_ok=True)
-    CRD_PATH.write_text(render_crd())
-    print(f"wrote {CRD_PATH}")
+    for path, text in ((CRD_PATH, render_crd()), (REFERENCE_PATH, render_reference())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

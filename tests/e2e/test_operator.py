@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -409,3 +411,59 @@ def test_unsupported_settings_are_reported_degraded(cluster: TestCluster, namesp
         ),
     )
     assert "keda" in condition(body, "Degraded")["message"].lower()
+
+
+def test_kubectl_scale_fixes_the_count_and_removes_the_hpa(
+    cluster: TestCluster, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "demo.yaml"))
+    wait_ready(cluster, namespace, "demo")
+    cluster.kubectl("get", "-n", namespace, "hpa", "demo")
+
+    cluster.kubectl("scale", "-n", namespace, "chat/demo", "--replicas=3")
+    wait_for(
+        "3 available pods",
+        lambda: (
+            cluster.get_json("-n", namespace, "deployment", "demo")["status"].get(
+                "availableReplicas"
+            )
+            == 3
+        ),
+    )
+    wait_for(
+        "the HPA to be removed",
+        lambda: cluster.kubectl("get", "-n", namespace, "hpa", "demo", check=False).returncode,
+    )
+    path = f"/apis/{GROUP}/v1alpha1/namespaces/{namespace}/chatservices/demo/scale"
+    scale = json.loads(cluster.kubectl("get", "--raw", path).stdout)
+    assert scale["spec"]["replicas"] == 3
+
+
+def test_render_prints_what_the_operator_applies(cluster: TestCluster, namespace: str) -> None:
+    """`rillet render` output, diffed against the live objects, shows no difference in spec."""
+    example = EXAMPLES / "demo.yaml"
+    cluster.kubectl("apply", "-n", namespace, "-f", str(example))
+    wait_ready(cluster, namespace, "demo")
+    rendered = subprocess.run(
+        [sys.executable, "-m", "rillet_runtime", "render", "-f", str(example)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    uid = chat_service(cluster, namespace, "demo")["metadata"]["uid"]
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    for document in documents:
+        document["metadata"]["namespace"] = namespace
+        document["metadata"]["ownerReferences"][0]["uid"] = uid
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
+    diff = cluster.kubectl(
+        "diff",
+        "--server-side",
+        "--field-manager=rillet-operator",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input=listing,
+        check=False,
+    )
+    assert diff.returncode == 0, diff.stdout + diff.stderr

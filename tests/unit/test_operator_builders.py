@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from rillet_operator import builders
 from rillet_operator.builders import ChatService, children
-from rillet_operator.crd import CRD_PATH, render_crd, to_yaml
+from rillet_operator.crd import CRD_PATH, REFERENCE_PATH, render_crd, render_reference, to_yaml
 from rillet_operator.runtime_settings import runtime_settings, secret_env
 from rillet_operator.spec import ChatServiceSpec
 from rillet_operator.status import Observed, compute_status
@@ -62,6 +62,12 @@ def test_the_committed_crd_matches_the_spec_model() -> None:
     if UPDATE:
         CRD_PATH.write_text(render_crd())
     assert CRD_PATH.read_text() == render_crd(), "run `make manifests` and commit crds/"
+
+
+def test_the_committed_reference_matches_the_spec_model() -> None:
+    if UPDATE:
+        REFERENCE_PATH.write_text(render_reference())
+    assert REFERENCE_PATH.read_text() == render_reference(), "run `make manifests`"
 
 
 def test_the_examples_are_valid_specs_and_cover_every_child() -> None:
