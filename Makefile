@@ -14,7 +14,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv redis-server control-plane run cluster manifests test test-unit \
+.PHONY: help venv redis-server control-plane run cluster operator manifests test test-unit \
 	test-integration test-e2e lint format bench bench-operator clean
 
 help: ## list the targets
@@ -46,7 +46,10 @@ run: venv ## serve the API on 127.0.0.1:8000: offline model, bundled docs, in-me
 cluster: venv control-plane ## a local control plane with fake nodes and the CRD, for trying the operator
 	$(PY) -m testcluster
 
-manifests: venv ## regenerate the CRD in crds/ from the operator's spec model
+operator: venv ## run the operator against the current KUBECONFIG (after `make cluster`, in a second terminal)
+	$(PY) -m rillet_runtime operator
+
+manifests: venv ## regenerate crds/ and docs/reference/ from the operator's spec model
 	$(PY) -m rillet_operator.crd
 
 test: venv redis-server control-plane lint ## the whole suite: lint, types, unit, integration and e2e

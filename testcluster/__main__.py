@@ -4,7 +4,6 @@ Prints the KUBECONFIG to export and stops cleanly on Ctrl-C."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import tempfile
 import threading
@@ -22,18 +21,18 @@ def main() -> None:
     options = parser.parse_args()
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="rillet-cluster-"))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for signum in (signal.SIGINT, signal.SIGTERM):  # set explicitly: a background job
+        signal.signal(signum, lambda *_: stop.set())  # starts with SIGINT ignored
     print(f"starting etcd, kube-apiserver, controllers, scheduler and KWOK in {workdir} ...")
     with TestCluster(workdir, nodes=options.nodes, crds=(ROOT / "crds",)) as cluster:
         print(
             f"\nready: {cluster.server}, {options.nodes} fake nodes, the ChatService CRD.\n"
             f"  export KUBECONFIG={cluster.kubeconfig} PATH={cluster.bin_dir}:$PATH\n"
-            "  rillet operator &   # then: kubectl apply -f docs/examples/demo.yaml\n"
+            "  make operator &     # then: kubectl apply -f docs/examples/demo.yaml\n"
             f"logs: {cluster.logs}. Ctrl-C stops it.",
             flush=True,
         )
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+        stop.wait()
         print("stopping ...")
 
 
