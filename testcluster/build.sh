@@ -30,7 +30,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean"
 done
-echo "building Kubernetes $K8S_VERSION (cold: 15-30 minutes on 2 cores)..." >&2
+echo "building Kubernetes $K8S_VERSION (cold: about 7 minutes on 2 cores)..." >&2
 (cd "$HERE" && go build -trimpath -ldflags "$ldflags" -o "$STAGING/bin/k8s" .)
 for component in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
   ln -sf k8s "$STAGING/bin/$component"

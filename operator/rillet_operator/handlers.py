@@ -1,5 +1,5 @@
 """kopf handlers: thin. Every trigger (a ChatService created, changed or found at startup;
-one of its children changed or deleted; a periodic resync) leads to the same idempotent
+one of its children changed or deleted; the periodic resync) leads to the same idempotent
 `reconcile` of the owning ChatService, one at a time per ChatService."""
 
 from __future__ import annotations
@@ -75,10 +75,27 @@ class Operator:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.coalescer = Coalescer(self._reconcile_named)
+        self.known: set[Key] = set()  # every ChatService seen, for the periodic resync
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.known.discard((namespace, name))
+        self.coalescer.forget(namespace, name)
+
+    async def resync_forever(self) -> None:
+        """Reconcile every known ChatService every RESYNC_SECONDS, to catch what a watch
+        missed. One loop rather than a kopf timer per object: a timer makes kopf put a
+        finalizer on every ChatService, and deleting one would hang while no operator runs."""
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            for namespace, name in sorted(self.known):
+                self.coalescer.request(namespace, name)
 
     async def _reconcile_named(self, namespace: str, name: str) -> None:
         body = await read_chat_service(self.client, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is None:
+            self.forget(namespace, name)
+            return
+        if body["metadata"].get("deletionTimestamp"):
             return  # garbage collection removes the children
         try:
             outcome = await reconcile(self.client, body)
@@ -117,11 +134,14 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.client_timeout = 300
     settings.posting.level = logging.INFO
     memo.operator = Operator(AsyncClient(field_manager=MANAGER))
+    memo.resync = asyncio.create_task(memo.operator.resync_forever())
 
 
 @kopf.on.cleanup()
 async def close(memo: Any, **_: Any) -> None:
     operator = _operator(memo)
+    memo.resync.cancel()
+    await asyncio.gather(memo.resync, return_exceptions=True)
     await operator.coalescer.aclose()
     await operator.client.close()
 
@@ -130,20 +150,17 @@ async def close(memo: Any, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 async def chat_service_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    operator = _operator(memo)
+    operator.known.add((namespace or "", name))
     try:
-        await _operator(memo).coalescer.run(namespace or "", name)
+        await operator.coalescer.run(namespace or "", name)
     except ApiError as exc:
         raise kopf.TemporaryError(f"API server: {exc.status.message}", delay=5) from exc
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _operator(memo).coalescer.request(namespace or "", name)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # optional: no finalizer
 async def chat_service_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _operator(memo).coalescer.forget(namespace or "", name)
+    _operator(memo).forget(namespace or "", name)
 
 
 def _watch_children() -> None:

@@ -22,18 +22,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: TestCluster) -> Iterator[OperatorProcess]:
+def operator_process(cluster: TestCluster) -> Iterator[OperatorProcess]:
     process = OperatorProcess(cluster, cluster.logs / "operator.log")
-    process.start()
     yield process
     process.stop()
 
 
 @pytest.fixture
+def operator(operator_process: OperatorProcess) -> OperatorProcess:
+    """The operator, running (started again if an earlier test stopped it)."""
+    if operator_process.proc is None or operator_process.proc.poll() is not None:
+        operator_process.start()
+    return operator_process
+
+
+@pytest.fixture
 def namespace(cluster: TestCluster, operator: OperatorProcess) -> Iterator[str]:
-    """A namespace of the test's own, with the operator running (restarted if a test stopped it)."""
-    if operator.proc is None or operator.proc.poll() is not None:
-        operator.start()
+    """A namespace of the test's own, with the operator running."""
     name = f"e2e-{next(_namespaces)}"
     cluster.kubectl("create", "namespace", name)
     yield name

@@ -172,8 +172,6 @@ def test_managed_redis_example(cluster: TestCluster, namespace: str) -> None:
 def test_external_redis_example_in_its_own_namespace(
     cluster: TestCluster, operator: OperatorProcess
 ) -> None:
-    if operator.proc is None or operator.proc.poll() is not None:
-        operator.start()
     example = yaml.safe_load((EXAMPLES / "vllm-external-redis.yaml").read_text())
     namespace = example["metadata"]["namespace"]
     cluster.kubectl("create", "namespace", namespace)
@@ -276,6 +274,23 @@ def test_deleting_collects_every_child(cluster: TestCluster, namespace: str) -> 
     )
     # The user's Secret was never the operator's.
     cluster.kubectl("get", "-n", namespace, "secret", "openai")
+
+
+def test_deleting_works_while_the_operator_is_down(
+    cluster: TestCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """No finalizer: an uninstalled or crashed operator never blocks a deletion."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("orphan", replicas=1))
+    wait_ready(cluster, namespace, "orphan")
+    assert not chat_service(cluster, namespace, "orphan")["metadata"].get("finalizers")
+    operator.stop()
+    cluster.kubectl("delete", "-n", namespace, "chat", "orphan", "--timeout=30s")
+    wait_for(
+        "garbage collection of the Deployment",
+        lambda: (
+            cluster.kubectl("get", "-n", namespace, "deployment", "orphan", check=False).returncode
+        ),
+    )
 
 
 def test_deleting_the_namespace_is_not_fought(
