@@ -28,6 +28,7 @@ CHILD_KINDS = [
     ("autoscaling/v2", "horizontalpodautoscalers"),
 ]
 OURS = {"app.kubernetes.io/managed-by": MANAGER}
+SELECTOR = ",".join(f"{key}={value}" for key, value in OURS.items())
 RESYNC_SECONDS = 300
 
 Key = tuple[str, str]
@@ -133,6 +134,10 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.posting.level = logging.INFO
+    for _api_version, plural in CHILD_KINDS:
+        # Filtered by the API server: the operator receives its own children, not every
+        # Secret and ConfigMap in the cluster.
+        settings.watching.label_selectors[plural] = SELECTOR
     memo.operator = Operator(AsyncClient(field_manager=MANAGER))
     memo.resync = asyncio.create_task(memo.operator.resync_forever())
 
