@@ -21,12 +21,17 @@ class OperatorProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_url = ""
+        self.metrics_url = ""
 
     def start(self, timeout: float = 60) -> None:
         self.health_url = f"http://127.0.0.1:{free_port()}/healthz"
+        metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        command = [sys.executable, "-m", "rillet_runtime", "operator"]
+        command += ["--liveness", self.health_url, "--metrics-port", str(metrics_port)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rillet_runtime", "operator", "--liveness", self.health_url],
+                command,
                 env=self.cluster.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import kopf
 from lightkube import ApiError, AsyncClient
+from prometheus_client import Counter, Gauge, Histogram
 
 from rillet_operator.apply import namespace_terminating, read_chat_service, reconcile
 from rillet_operator.builders import MANAGER
@@ -32,6 +33,16 @@ SELECTOR = ",".join(f"{key}={value}" for key, value in OURS.items())
 RESYNC_SECONDS = 300
 
 Key = tuple[str, str]
+
+RECONCILES = Counter(
+    "rillet_operator_reconciles_total", "Reconciles of a ChatService, by result", ["result"]
+)
+RECONCILE_SECONDS = Histogram(
+    "rillet_operator_reconcile_duration_seconds",
+    "Time to reconcile one ChatService (reads, applies, status)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CHAT_SERVICES = Gauge("rillet_operator_chat_services", "ChatServices the operator manages")
 
 
 class Coalescer:
@@ -92,19 +103,28 @@ class Operator:
                 self.coalescer.request(namespace, name)
 
     async def _reconcile_named(self, namespace: str, name: str) -> None:
+        result = "error"
+        try:
+            with RECONCILE_SECONDS.time():
+                result = await self._reconcile_once(namespace, name)
+        finally:
+            RECONCILES.labels(result).inc()
+            CHAT_SERVICES.set(len(self.known))
+
+    async def _reconcile_once(self, namespace: str, name: str) -> str:
         body = await read_chat_service(self.client, namespace, name)
         if body is None:
             self.forget(namespace, name)
-            return
+            return "gone"
         if body["metadata"].get("deletionTimestamp"):
-            return  # garbage collection removes the children
+            return "deleting"  # garbage collection removes the children
         try:
             outcome = await reconcile(self.client, body)
         except ApiError as exc:
             if not namespace_terminating(exc):
                 raise
             log.info("%s/%s: its namespace is being deleted; nothing to do", namespace, name)
-            return
+            return "deleting"
         for verb, items in (
             ("Created", outcome.created),
             ("Updated", outcome.updated),
@@ -116,6 +136,7 @@ class Operator:
                     reason=verb,
                     message=f"{verb.lower()} " + ", ".join(items),
                 )
+        return "changed" if outcome.created or outcome.updated or outcome.deleted else "unchanged"
 
 
 def _operator(memo: Any) -> Operator:

@@ -108,17 +108,23 @@ def operator(
         typer.Option(help="watch this namespace (repeat for several); none: the whole cluster"),
     ] = None,
     liveness: Annotated[
-        str | None, typer.Option(help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+        str | None, typer.Option(help="serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics on this port (/metrics)")
     ] = None,
 ) -> None:
     """Run the ChatService operator (kopf) with the current kubeconfig or in-cluster account."""
     import kopf
+    import prometheus_client
 
     import rillet_operator.handlers  # noqa: F401  (registers the handlers)
 
     namespaces = namespace or [
         n for n in os.environ.get("RILLET_OPERATOR_NAMESPACES", "").split(",") if n
     ]
+    if metrics_port:
+        prometheus_client.start_http_server(metrics_port)
     kopf.run(
         standalone=True,  # no cluster-wide peering objects; run one replica (leader election
         clusterwide=not namespaces,  # belongs to the chart's Deployment strategy)

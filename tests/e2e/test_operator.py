@@ -6,10 +6,12 @@ what the operator writes and how the cluster's own controllers take it."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,19 @@ def test_demo_example_creates_children_and_becomes_ready(
     )
     reasons = {(e["involvedObject"]["kind"], e["reason"]) for e in events["items"]}
     assert ("ChatService", "Created") in reasons
+
+
+def test_the_operator_reports_its_reconciles_as_metrics(
+    cluster: TestCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("counted", replicas=1))
+    wait_ready(cluster, namespace, "counted")
+    metrics = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()
+    pattern = r'^rillet_operator_reconciles_total\{result="changed"\} (\S+)'
+    changed = re.search(pattern, metrics, re.M)
+    assert changed is not None
+    assert float(changed[1]) >= 1
+    assert "rillet_operator_reconcile_duration_seconds_bucket" in metrics
 
 
 def test_managed_redis_example(cluster: TestCluster, namespace: str) -> None:
