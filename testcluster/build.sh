@@ -9,11 +9,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$HERE/go.mod")
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0  # only its PodMonitor CRD, for the chart's dry runs
 CACHE=${RILLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rillet}
 KEY=$(cat "$HERE/go.mod" "$HERE/go.sum" "$HERE/main.go" "$HERE/build.sh" | sha256sum | cut -c1-12)
 OUT="$CACHE/k8s-$K8S_VERSION-$KEY"
 
-if [[ -x "$OUT/bin/k8s" && -x "$OUT/bin/kwok" && -x "$OUT/bin/helm" && -f "$OUT/kwok-stages.yaml" ]]; then
+if [[ -x "$OUT/bin/k8s" && -x "$OUT/bin/kwok" && -x "$OUT/bin/helm" && -f "$OUT/kwok-stages.yaml" \
+  && -d "$OUT/crds" ]]; then
   echo "$OUT/bin"
   exit 0
 fi
@@ -49,6 +51,13 @@ for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-
   echo "---"
   cat "$stages/$stage.yaml"
 done > "$STAGING/kwok-stages.yaml"
+
+# The real PodMonitor CRD, so the chart's PodMonitors are checked against its schema.
+operator_module=github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION
+(cd "$STAGING" && GOFLAGS= go mod download "$operator_module")  # outside our module
+mkdir -p "$STAGING/crds"
+cp "$GOMODCACHE/$operator_module/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml" \
+  "$STAGING/crds/"
 
 rm -rf "$OUT"
 mv "$STAGING" "$OUT"

@@ -377,20 +377,48 @@ class TestCluster:
         path = self.logs / f"{component}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
+    def run(
+        self,
+        tool: str,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 180,
+        kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """One of the built tools (kubectl, helm), as admin or with another kubeconfig."""
+        env = {**self.env, **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {})}
         done = subprocess.run(
-            [str(self.bin_dir / "kubectl"), *args],
+            [str(self.bin_dir / tool), *args],
             input=input,
             capture_output=True,
             text=True,
-            env=self.env,
+            env=env,
             timeout=timeout,
         )
         if check and done.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{done.stderr}")
+            raise RuntimeError(f"{tool} {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("kubectl", *args, input=input, check=check, timeout=timeout)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("helm", *args, check=check, timeout=300)
+
+    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
+        """A kubeconfig holding a token of the ServiceAccount: what its pod would get."""
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, "--duration=2h"
+        ).stdout.strip()
+        config = admin_kubeconfig(self.server, self.pki)
+        config["users"][0]["user"] = {"token": token}
+        path = self.workdir / f"kubeconfig-{namespace}-{name}"
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
 
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)

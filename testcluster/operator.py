@@ -16,9 +16,19 @@ from testcluster.cluster import TestCluster
 
 
 class OperatorProcess:
-    def __init__(self, cluster: TestCluster, log: Path) -> None:
+    def __init__(
+        self,
+        cluster: TestCluster,
+        log: Path,
+        kubeconfig: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`kubeconfig`: whose credentials it runs with (default: the cluster's admin)."""
         self.cluster = cluster
         self.log = log
+        self.env = {**cluster.env, **(env or {})}
+        if kubeconfig:
+            self.env["KUBECONFIG"] = str(kubeconfig)
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_url = ""
         self.metrics_url = ""
@@ -32,7 +42,7 @@ class OperatorProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 command,
-                env=self.cluster.env,
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

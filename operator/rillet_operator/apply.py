@@ -4,6 +4,7 @@ made by the pure builders and `status.compute_status`."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lightkube import ApiError, AsyncClient, codecs
+from lightkube import ALL_NS, ApiError, AsyncClient, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -25,6 +26,7 @@ from rillet_operator.spec import GROUP, KIND, PLURAL, VERSION
 from rillet_operator.status import Observed, compute_status
 
 log = logging.getLogger(__name__)
+API_WAIT_SECONDS = 120
 
 ChatServiceResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 KINDS: dict[str, Any] = {
@@ -150,6 +152,24 @@ def namespace_terminating(exc: ApiError) -> bool:
     only fight it (and the API server refuses new objects there anyway)."""
     causes = (exc.status.details and exc.status.details.causes) or []
     return any(cause.reason == "NamespaceTerminating" for cause in causes)
+
+
+async def wait_for_chat_service_api(client: AsyncClient, namespaces: list[str]) -> None:
+    """Wait until ChatServices can be listed where the operator watches them: the CRD may
+    still be getting established when the operator starts (helm installs both at once),
+    and kopf, without scanning, only watches the APIs it found at startup."""
+    namespace = namespaces[0] if namespaces else ALL_NS
+    async with asyncio.timeout(API_WAIT_SECONDS):
+        while True:
+            try:
+                async for _ in client.list(ChatServiceResource, namespace=namespace, chunk_size=1):
+                    break
+                return
+            except ApiError as exc:
+                if exc.status.code != 404:
+                    raise
+                log.info("waiting for the ChatService CRD (%s/%s) to be served", GROUP, VERSION)
+                await asyncio.sleep(2)
 
 
 async def read_chat_service(

@@ -1,5 +1,5 @@
-"""The ChatService CRD and its reference doc, generated from the spec model (`make manifests`
-writes crds/ and docs/reference/).
+"""The ChatService CRD, the chart's copy of it and its reference doc, generated from the spec
+model (`make manifests` writes crds/, charts/rillet/templates/crd.yaml and docs/reference/).
 
 Pydantic's JSON schema becomes a Kubernetes structural schema: references inlined,
 `anyOf [X, null]` reduced to X, titles dropped, and whole defaults for nested objects
@@ -27,6 +27,7 @@ from rillet_operator.spec import (
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
 REFERENCE_PATH = ROOT / "docs" / "reference" / "chatservice.md"
+CHART_CRD_PATH = ROOT / "charts" / "rillet" / "templates" / "crd.yaml"
 MAX_NAME_LENGTH = 57  # "<name>-redis" must stay a valid 63-character Service name
 
 _DROPPED = {"title", "$defs"}
@@ -170,6 +171,22 @@ def render_crd() -> str:
     return header + to_yaml(build_crd())
 
 
+def render_chart_crd() -> str:
+    """The chart's copy: installed and upgraded with the release, kept on uninstall so
+    that uninstalling the operator never deletes anyone's ChatServices."""
+    crd = build_crd()
+    crd["metadata"]["annotations"] = {"helm.sh/resource-policy": "keep"}
+    body = to_yaml(crd)
+    if "{{" in body:
+        raise ValueError("the CRD contains '{{', which Helm would read as a template")
+    return (
+        "{{- if .Values.crds.install }}\n"
+        "# Generated from rillet_operator/spec.py by `make manifests`: do not edit.\n"
+        f"{body}"
+        "{{- end }}\n"
+    )
+
+
 def _constraints(node: dict[str, Any]) -> str:
     parts = []
     if "enum" in node:
@@ -224,7 +241,12 @@ def render_reference() -> str:
 
 
 def main() -> None:
-    for path, text in ((CRD_PATH, render_crd()), (REFERENCE_PATH, render_reference())):
+    generated = (
+        (CRD_PATH, render_crd()),
+        (CHART_CRD_PATH, render_chart_crd()),
+        (REFERENCE_PATH, render_reference()),
+    )
+    for path, text in generated:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")

@@ -13,7 +13,12 @@ import kopf
 from lightkube import ApiError, AsyncClient
 from prometheus_client import Counter, Gauge, Histogram
 
-from rillet_operator.apply import namespace_terminating, read_chat_service, reconcile
+from rillet_operator.apply import (
+    namespace_terminating,
+    read_chat_service,
+    reconcile,
+    wait_for_chat_service_api,
+)
 from rillet_operator.builders import MANAGER
 from rillet_operator.spec import GROUP, PLURAL, VERSION
 
@@ -159,7 +164,12 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
         # Filtered by the API server: the operator receives its own children, not every
         # Secret and ConfigMap in the cluster.
         settings.watching.label_selectors[plural] = SELECTOR
-    memo.operator = Operator(AsyncClient(field_manager=MANAGER))
+    # No CRD and namespace scanning: it needs cluster-wide list rights that a namespaced
+    # install must not have. The ChatService API is found once, at startup, instead.
+    settings.scanning.disabled = True
+    client = AsyncClient(field_manager=MANAGER)
+    await wait_for_chat_service_api(client, list(getattr(memo, "namespaces", None) or []))
+    memo.operator = Operator(client)
     memo.resync = asyncio.create_task(memo.operator.resync_forever())
 
 

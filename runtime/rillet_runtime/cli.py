@@ -130,6 +130,7 @@ def operator(
         clusterwide=not namespaces,  # belongs to the chart's Deployment strategy)
         namespaces=namespaces,
         liveness_endpoint=liveness,
+        memo=kopf.Memo(namespaces=namespaces),
     )
 
 

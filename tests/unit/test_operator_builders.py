@@ -8,6 +8,7 @@ Golden files live in tests/golden/; after an intended change, rewrite them with
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,15 @@ from pydantic import ValidationError
 
 from rillet_operator import builders
 from rillet_operator.builders import ChatService, children
-from rillet_operator.crd import CRD_PATH, REFERENCE_PATH, render_crd, render_reference, to_yaml
+from rillet_operator.crd import (
+    CHART_CRD_PATH,
+    CRD_PATH,
+    REFERENCE_PATH,
+    render_chart_crd,
+    render_crd,
+    render_reference,
+    to_yaml,
+)
 from rillet_operator.runtime_settings import runtime_settings, secret_env
 from rillet_operator.spec import ChatServiceSpec
 from rillet_operator.status import Observed, compute_status
@@ -58,16 +67,19 @@ def test_children_match_their_golden_files(example: Path) -> None:
     check_golden(f"{example.stem}.yaml", "".join(f"---\n{to_yaml(m)}" for m in manifests))
 
 
-def test_the_committed_crd_matches_the_spec_model() -> None:
+@pytest.mark.parametrize(
+    ("path", "render"),
+    [
+        (CRD_PATH, render_crd),
+        (CHART_CRD_PATH, render_chart_crd),
+        (REFERENCE_PATH, render_reference),
+    ],
+    ids=["crd", "chart-crd", "reference"],
+)
+def test_generated_files_match_the_spec_model(path: Path, render: Callable[[], str]) -> None:
     if UPDATE:
-        CRD_PATH.write_text(render_crd())
-    assert CRD_PATH.read_text() == render_crd(), "run `make manifests` and commit crds/"
-
-
-def test_the_committed_reference_matches_the_spec_model() -> None:
-    if UPDATE:
-        REFERENCE_PATH.write_text(render_reference())
-    assert REFERENCE_PATH.read_text() == render_reference(), "run `make manifests`"
+        path.write_text(render())
+    assert path.read_text() == render(), f"run `make manifests` and commit {path.name}"
 
 
 def test_the_examples_are_valid_specs_and_cover_every_child() -> None:

@@ -1,0 +1,237 @@
+"""The Helm chart as a platform engineer uses it: the real helm and kubectl against a
+control plane of its own (no CRD installed beforehand, so the chart installs it), and the
+operator run with the chart's ServiceAccount token, not admin credentials, which proves
+the chart's RBAC is enough and no wider than it says. The operator pod itself never runs
+here (KWOK fakes pods), so `rillet operator` runs as a local process with the command and
+environment of the Deployment the chart installed."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testcluster import TestCluster, build
+from testcluster.operator import OperatorProcess
+from tests.e2e.test_operator import EXAMPLES, condition, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "rillet"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+K8S_VERSION = "v1.37.2"
+
+
+@pytest.fixture(scope="module")
+def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """Only the Prometheus Operator's PodMonitor CRD, which the chart may use, is there."""
+    bin_dir = build()
+    workdir = tmp_path_factory.mktemp("chart-cluster")
+    with TestCluster(workdir, bin_dir=bin_dir, crds=(bin_dir.parent / "crds",)) as cluster:
+        yield cluster
+
+
+def render(cluster: TestCluster, values: Path, namespace: str) -> list[dict[str, Any]]:
+    out = cluster.helm(
+        "template",
+        "rillet",
+        str(CHART),
+        "-n",
+        namespace,
+        "-f",
+        str(values),
+        "--kube-version",
+        K8S_VERSION,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=[v.stem for v in CI_VALUES])
+def test_lint_is_clean(bare_cluster: TestCluster, values: Path) -> None:
+    done = bare_cluster.helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=[v.stem for v in CI_VALUES])
+def test_every_rendered_object_is_accepted_by_the_api_server(
+    bare_cluster: TestCluster, values: Path
+) -> None:
+    documents = render(bare_cluster, values, "rillet-system")
+    names = {d["metadata"].get("namespace") for d in documents} - {None}
+    for namespace in sorted(names):  # a dry run still needs the namespace to exist
+        bare_cluster.kubectl("create", "namespace", namespace, check=False)
+    for document in documents:  # one by one, so a failure names its object
+        done = bare_cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--force-conflicts",
+            "-f",
+            "-",
+            input=json.dumps(document),
+            check=False,
+        )
+        kind, name = document["kind"], document["metadata"]["name"]
+        assert done.returncode == 0, f"{kind} {name}: {done.stderr}"
+        assert len(name) <= 63
+
+
+def deployed_operator(cluster: TestCluster, namespace: str, release: str) -> dict[str, Any]:
+    deployments = cluster.get_json(
+        "-n", namespace, "deployments", "-l", f"app.kubernetes.io/instance={release}"
+    )["items"]
+    assert len(deployments) == 1
+    container: dict[str, Any] = deployments[0]["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def operator_as_deployed(
+    cluster: TestCluster, namespace: str, release: str, account: str
+) -> OperatorProcess:
+    """`rillet operator` with the Deployment's environment and the ServiceAccount's token."""
+    container = deployed_operator(cluster, namespace, release)
+    assert container["command"][:2] == ["rillet", "operator"]
+    env = {e["name"]: e.get("value", "") for e in container["env"]}  # "" is omitted
+    kubeconfig = cluster.service_account_kubeconfig(namespace, account)
+    log = cluster.logs / f"operator-{release}.log"
+    return OperatorProcess(cluster, log, kubeconfig=kubeconfig, env=env)
+
+
+def can_i(cluster: TestCluster, kubeconfig: Path, *args: str) -> bool:
+    done = cluster.run("kubectl", "auth", "can-i", *args, kubeconfig=kubeconfig, check=False)
+    return done.stdout.strip() == "yes"
+
+
+def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestCluster) -> None:
+    cluster = bare_cluster
+    for namespace in ("team-a", "team-b", "team-c"):
+        cluster.kubectl("create", "namespace", namespace, check=False)
+    cluster.helm(
+        "install",
+        "rillet",
+        str(CHART),
+        "-n",
+        "rillet-system",
+        "--create-namespace",
+        "--set",
+        "watch.scope=namespaces",
+        "--set",
+        "watch.namespaces={team-a,team-b}",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    # The chart installed the CRD; the operator's pod is Ready (KWOK), so is its rollout.
+    cluster.kubectl("get", "crd", "chatservices.rillet.dev")
+    cluster.kubectl("rollout", "status", "-n", "rillet-system", "deployment/rillet")
+
+    operator = operator_as_deployed(cluster, "rillet-system", "rillet", "rillet")
+    assert operator.env["RILLET_OPERATOR_NAMESPACES"] == "team-a,team-b"
+    operator.start()
+    try:
+        for namespace in ("team-a", "team-c"):
+            cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "demo.yaml"))
+        wait_ready(cluster, "team-a", "demo")
+        # Outside its namespaces the operator neither acts nor may act.
+        assert not cluster.get_json("-n", "team-c", "chat", "demo").get("status")
+        kubeconfig = Path(operator.env["KUBECONFIG"])
+        assert can_i(cluster, kubeconfig, "patch", "deployments", "-n", "team-a")
+        assert not can_i(cluster, kubeconfig, "patch", "deployments", "-n", "team-c")
+        assert not can_i(cluster, kubeconfig, "get", "secrets", "-n", "kube-system")
+        assert not can_i(cluster, kubeconfig, "list", "nodes")
+        assert not can_i(cluster, kubeconfig, "create", "clusterrolebindings")
+        assert not can_i(cluster, kubeconfig, "delete", "deployments", "-n", "team-a")
+        denied = cluster.run(
+            "kubectl", "get", "secrets", "-n", "team-c", kubeconfig=kubeconfig, check=False
+        )
+        assert "Forbidden" in denied.stderr
+    finally:
+        operator.stop()
+    assert not re.search(r"\b403\b|Forbidden", operator.log_tail(chars=10**7)), operator.log_tail()
+
+    # helm upgrade: a third namespace and more memory; the rollout and the new Role follow.
+    cluster.helm(
+        "upgrade",
+        "rillet",
+        str(CHART),
+        "-n",
+        "rillet-system",
+        "--reuse-values",
+        "--set",
+        "watch.namespaces={team-a,team-b,team-c}",
+        "--set",
+        "resources.limits.memory=512Mi",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    container = deployed_operator(cluster, "rillet-system", "rillet")
+    assert container["resources"]["limits"]["memory"] == "512Mi"
+    assert {"name": "RILLET_OPERATOR_NAMESPACES", "value": "team-a,team-b,team-c"} in container[
+        "env"
+    ]
+    operator = operator_as_deployed(cluster, "rillet-system", "rillet", "rillet")
+    operator.start()
+    try:
+        wait_ready(cluster, "team-c", "demo")
+    finally:
+        operator.stop()
+    history_json = cluster.helm("history", "rillet", "-n", "rillet-system", "-o", "json").stdout
+    history = json.loads(history_json)
+    assert [h["status"] for h in history] == ["superseded", "deployed"]
+
+    # helm uninstall: the operator and its RBAC go; the CRD and every ChatService stay.
+    cluster.helm("uninstall", "rillet", "-n", "rillet-system", "--wait")
+    leftovers = cluster.get_json(
+        "-A",
+        "deployments,serviceaccounts,roles,rolebindings",
+        "-l",
+        "app.kubernetes.io/instance=rillet",
+    )
+    assert not leftovers["items"]
+    cluster.kubectl("get", "crd", "chatservices.rillet.dev")
+    for namespace in ("team-a", "team-c"):
+        assert condition(cluster.get_json("-n", namespace, "chat", "demo"), "Ready")
+
+
+def test_cluster_wide_install_with_the_crd_managed_elsewhere(bare_cluster: TestCluster) -> None:
+    """crds.install=false: the CRD is applied separately, as the docs say to."""
+    cluster = bare_cluster
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    cluster.helm(
+        "install",
+        "everywhere",
+        str(CHART),
+        "-n",
+        "ops",
+        "--create-namespace",
+        "--set",
+        "crds.install=false",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    operator = operator_as_deployed(cluster, "ops", "everywhere", "everywhere-rillet")
+    assert operator.env["RILLET_OPERATOR_NAMESPACES"] == ""
+    operator.start()
+    try:
+        cluster.kubectl("create", "namespace", "anywhere")
+        cluster.kubectl(
+            "create", "secret", "generic", "openai", "-n", "anywhere", "--from-literal=api-key=k"
+        )
+        example = str(EXAMPLES / "openai-managed-redis.yaml")
+        cluster.kubectl("apply", "-n", "anywhere", "-f", example)
+        wait_ready(cluster, "anywhere", "support-chat")
+        kubeconfig = Path(operator.env["KUBECONFIG"])
+        assert not can_i(cluster, kubeconfig, "create", "clusterrolebindings")
+        assert not can_i(cluster, kubeconfig, "delete", "namespaces")
+        assert not can_i(cluster, kubeconfig, "create", "pods", "-n", "anywhere")
+    finally:
+        operator.stop()
+    assert "Forbidden" not in operator.log_tail(chars=10**7), operator.log_tail()
+    cluster.helm("uninstall", "everywhere", "-n", "ops", "--wait")
+    assert cluster.kubectl("get", "clusterrole", "everywhere-rillet", check=False).returncode != 0
