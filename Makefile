@@ -14,7 +14,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv redis-server control-plane run cluster operator manifests test test-unit \
+.PHONY: help venv redis-server control-plane run cluster operator constraints manifests test test-unit \
 	test-integration test-e2e lint format bench bench-operator clean
 
 help: ## list the targets
@@ -48,6 +48,16 @@ cluster: venv control-plane ## a local control plane with fake nodes and the CRD
 
 operator: venv ## run the operator against the current KUBECONFIG (after `make cluster`, in a second terminal)
 	$(PY) -m rillet_runtime operator
+
+# The Python the image test installs into (any 3.11; Debian's when present, as that test
+# runs it as a non-root user, who cannot reach a Python under /root).
+IMAGE_PYTHON ?= $(or $(wildcard /usr/bin/python3.11),$(PYTHON))
+constraints: ## re-pin the image's dependencies (constraints.txt) from a clean install
+	rm -rf $(CACHE_DIR)/constraints-venv
+	$(IMAGE_PYTHON) -m venv $(CACHE_DIR)/constraints-venv
+	$(CACHE_DIR)/constraints-venv/bin/pip install --quiet .
+	{ echo "# The image's dependencies, pinned: \`make constraints\` rewrites this file."; \
+	  $(CACHE_DIR)/constraints-venv/bin/pip freeze --exclude rillet; } > constraints.txt
 
 manifests: venv ## regenerate crds/ and docs/reference/ from the operator's spec model
 	$(PY) -m rillet_operator.crd

@@ -5,6 +5,7 @@ Deployment into Ready pods and collect garbage."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -134,26 +135,33 @@ def make_pki(directory: Path) -> None:
     )
 
 
-def admin_kubeconfig(server: str, pki: Path, user: str = "admin") -> dict[str, Any]:
+def admin_kubeconfig(server: str, pki: Path) -> dict[str, Any]:
+    """Self-contained (certificates inline), so it can be copied anywhere."""
+
+    def inline(name: str) -> str:
+        return base64.b64encode((pki / name).read_bytes()).decode()
+
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
             {
                 "name": "rillet-test",
-                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+                "cluster": {"server": server, "certificate-authority-data": inline("ca.crt")},
             }
         ],
         "users": [
             {
-                "name": user,
+                "name": "admin",
                 "user": {
-                    "client-certificate": str(pki / f"{user}.crt"),
-                    "client-key": str(pki / f"{user}.key"),
+                    "client-certificate-data": inline("admin.crt"),
+                    "client-key-data": inline("admin.key"),
                 },
             }
         ],
-        "contexts": [{"name": "rillet-test", "context": {"cluster": "rillet-test", "user": user}}],
+        "contexts": [
+            {"name": "rillet-test", "context": {"cluster": "rillet-test", "user": "admin"}}
+        ],
         "current-context": "rillet-test",
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -125,6 +126,9 @@ def operator(
     ]
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)
+    # kopf names itself after the user otherwise, which fails for a uid without a passwd
+    # entry (any runAsUser the image does not know); in a pod the hostname is the pod name.
+    os.environ.setdefault("POD_ID", socket.gethostname())
     kopf.run(
         standalone=True,  # no cluster-wide peering objects; run one replica (leader election
         clusterwide=not namespaces,  # belongs to the chart's Deployment strategy)

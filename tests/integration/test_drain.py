@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 from httpx_sse import aconnect_sse
 
 from rillet_runtime.fakellm import answer_tokens
@@ -79,3 +83,27 @@ async def test_sigterm_drains_open_streams(tmp_path: Path) -> None:
         exit_code = await asyncio.to_thread(server.proc.wait, GRACEFUL_TIMEOUT)
         assert exit_code == 0
         assert time.monotonic() - terminated_at < GRACEFUL_TIMEOUT
+
+
+async def test_prestop_drain_turns_readiness_off_and_keeps_the_workers(tmp_path: Path) -> None:
+    """Kubernetes' order: preStop `rillet drain` first (readiness off, new streams 503, the
+    workers keep serving what is open), SIGTERM only later. The workers must not exit on
+    the drain file alone: gunicorn would restart them and requests would hang meanwhile."""
+    drain_file = tmp_path / "draining"
+    with rillet_server(tmp_path, workers=2, server__drain_file=str(drain_file)) as server:
+        workers_before = {child.pid for child in psutil.Process(server.proc.pid).children()}
+        assert len(workers_before) == 2
+
+        env = {**os.environ, "RILLET_SERVER__DRAIN_FILE": str(drain_file)}
+        drain = [sys.executable, "-m", "rillet_runtime", "drain", "--wait", "0"]
+        await asyncio.to_thread(subprocess.run, drain, env=env, check=True)
+        await asyncio.sleep(2)  # each worker looks at the file once a second
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            for _ in range(6):  # both workers, whichever answers
+                assert (await client.get("/readyz")).status_code == 503
+                refused = await client.post("/v1/chat/stream", json={"message": "hello?"})
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"]
+        workers_after = {child.pid for child in psutil.Process(server.proc.pid).children()}
+        assert workers_after == workers_before

@@ -28,16 +28,21 @@ class DrainingServer(Server):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.drain_seconds = drain_seconds
+        self.terminating = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and not self.lifecycle.draining:
+        if sig == signal.SIGTERM and not self.terminating:
+            self.terminating = True
             self.lifecycle.begin_drain()
             return
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
+        # Only SIGTERM ends a worker. A drain file (`rillet drain` in preStop) only turns
+        # readiness off: were the worker to exit on it, gunicorn would start another, which
+        # would see the file and exit too, and requests would hang on the churn.
         lifecycle = self.lifecycle
-        if not self.should_exit and lifecycle.draining and self._drain_done(lifecycle):
+        if not self.should_exit and self.terminating and self._drain_done(lifecycle):
             self.should_exit = True
         return await super().on_tick(counter)
 
