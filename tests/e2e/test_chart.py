@@ -110,7 +110,7 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
     cluster = bare_cluster
     for namespace in ("team-a", "team-b", "team-c"):
         cluster.kubectl("create", "namespace", namespace, check=False)
-    cluster.helm(
+    installed = cluster.helm(
         "install",
         "rillet",
         str(CHART),
@@ -125,6 +125,9 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
         "--timeout",
         "120s",
     )
+    notes = installed.stdout.split("NOTES:", 1)[1]  # the next steps, for these namespaces
+    assert "these namespaces: team-a,team-b" in notes
+    assert "kubectl -n team-a apply -f docs/examples/demo.yaml" in notes
     # The chart installed the CRD; the operator's pod is Ready (KWOK), so is its rollout.
     cluster.kubectl("get", "crd", "chatservices.rillet.dev")
     cluster.kubectl("rollout", "status", "-n", "rillet-system", "deployment/rillet")
