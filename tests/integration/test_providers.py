@@ -101,7 +101,9 @@ def test_langchain_openai_streams_through_rillet(openai_server: Process, fake: F
     assert sent["model"] == "fake"
     assert sent["stream"] is True
     assert sent["messages"][0]["role"] == "system"
-    assert '<source n="1" id="getting-started.md#' in sent["messages"][0]["content"]
+    # The model got the same passages, in the same order, as the client's `sources` event.
+    first_source = events[1][1]["sources"][0]["id"]
+    assert f'<source n="1" id="{first_source}"' in sent["messages"][0]["content"]
     assert sent["messages"][-1] == {"role": "user", "content": QUESTION}
 
 
