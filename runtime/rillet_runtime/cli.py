@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -154,6 +154,92 @@ def render(
     except (OSError, yaml.YAMLError, ValueError, SpecError) as exc:
         typer.echo(f"rillet render: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def bench(
+    url: Annotated[str, typer.Argument(help="base URL, e.g. http://demo.chat.svc")],
+    api: Annotated[str, typer.Option(help="rillet, openai or langgraph")] = "rillet",
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 10,
+    ramp: Annotated[float, typer.Option(help="seconds over which clients start", min=0)] = 0,
+    duration: Annotated[
+        float | None, typer.Option(help="seconds to run after the ramp", min=0.1)
+    ] = None,
+    requests: Annotated[
+        int | None, typer.Option("--requests", "-n", help="streams in all", min=1)
+    ] = None,
+    prompts: Annotated[Path | None, typer.Option(help="a file of prompts, one per line")] = None,
+    model: Annotated[
+        str, typer.Option(help="model (openai) or assistant id (langgraph)")
+    ] = "default",
+    timeout: Annotated[float, typer.Option(help="seconds one stream may take")] = 300,
+    out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
+) -> None:
+    """Load a running endpoint with concurrent SSE streams; report TTFT, inter-token
+    latency, tokens/s and errors."""
+    import asyncio
+    import json
+
+    from rillet_runtime.bench import loadgen
+
+    if api not in loadgen.APIS:
+        raise typer.BadParameter(f"one of {', '.join(loadgen.APIS)}", param_hint="--api")
+    try:
+        plan = loadgen.LoadPlan(
+            concurrency,
+            ramp,
+            duration if duration is not None else (None if requests else 10.0),
+            requests,
+            timeout,
+        )
+        loadgen.Endpoint.parse(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    lines = ["How do I install Rillet?"]
+    if prompts is not None:
+        try:
+            text = prompts.read_text(encoding="utf-8")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+        except OSError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--prompts") from None
+        if not lines:
+            raise typer.BadParameter("the file has no prompts", param_hint="--prompts")
+
+    results = asyncio.run(_bench(url, loadgen.APIS[api], plan, lines, model))
+    summary = loadgen.summarize(*results)
+    typer.echo(loadgen.table(summary))
+    if out is not None:
+        record = {"url": url, "api": api, "plan": vars(plan), **summary}
+        out.write_text(json.dumps(record, indent=2))
+    if plot is not None:
+        loadgen.plot(results[0], str(plot))
+
+
+async def _bench(
+    url: str, api: Any, plan: Any, prompts: list[str], model: str
+) -> tuple[list[Any], float]:
+    """The load, with a live status line on a terminal."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from rillet_runtime.bench import loadgen
+
+    progress = loadgen.Progress()
+    started = time.perf_counter()
+    task = asyncio.create_task(loadgen.run_load(url, api, plan, prompts, model, progress))
+    console = Console(stderr=True)
+    with Live(console=console, transient=True, auto_refresh=False) as live:
+        while not task.done():
+            live.update(
+                f"{progress.open} open · {progress.finished} done · {progress.errors} errors · "
+                f"{progress.tokens:,} tokens · {time.perf_counter() - started:.0f} s",
+                refresh=True,
+            )
+            await asyncio.wait([task], timeout=0.5)
+    return task.result(), time.perf_counter() - started
 
 
 def main() -> None:
