@@ -83,8 +83,21 @@ format: venv ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: venv redis-server control-plane ## every benchmark (writes bench-results/)
-	$(PY) -m rillet_runtime.bench.streaming --out bench-results
+# LangGraph's own server, for the streaming benchmark's side-by-side: its own venv, so its
+# dependencies never reach the project's.
+LANGGRAPH_CLI := langgraph-cli[inmem]==0.4.40
+LANGGRAPH_VENV := $(CACHE_DIR)/langgraph-venv-$(shell { echo '$(LANGGRAPH_CLI)'; cat constraints.txt; } | sha256sum | cut -c1-12)
+PRINT_DEPENDENCIES := import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
+
+$(LANGGRAPH_VENV)/.installed:
+	$(PYTHON) -m venv --clear $(LANGGRAPH_VENV)
+	$(PYTHON) -c '$(PRINT_DEPENDENCIES)' > $(LANGGRAPH_VENV)/requirements.txt
+	$(LANGGRAPH_VENV)/bin/pip install --quiet '$(LANGGRAPH_CLI)' \
+	  --requirement $(LANGGRAPH_VENV)/requirements.txt --constraint constraints.txt
+	touch $@
+
+bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
+	$(PY) -m rillet_runtime.bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
 	$(PY) -m rillet_runtime.bench.checkpoint --out bench-results
 	$(PY) -m testcluster.bench --out bench-results
 

@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -62,11 +62,15 @@ class FakeLLMConfig:
     seed: int = 0
 
 
+def iter_answer_tokens(count: int) -> Iterator[str]:
+    """Lazily, so an endless answer (benchmarks hold streams open) costs no memory."""
+    for i in range(count):
+        yield _WORDS[i % len(_WORDS)] if i == 0 else " " + _WORDS[i % len(_WORDS)]
+
+
 def answer_tokens(count: int) -> list[str]:
     """The deterministic answer: tests compare what came through against this."""
-    return [
-        (_WORDS[i % len(_WORDS)] if i == 0 else " " + _WORDS[i % len(_WORDS)]) for i in range(count)
-    ]
+    return list(iter_answer_tokens(count))
 
 
 def _per_request(config: FakeLLMConfig, request: Request) -> tuple[FakeLLMConfig, int | None]:
@@ -144,7 +148,7 @@ async def _paced(
     try:
         for chunk in head:
             yield chunk
-        for i, token in enumerate(answer_tokens(config.answer_tokens)):
+        for i, token in enumerate(iter_answer_tokens(config.answer_tokens)):
             due = start + (config.ttft_ms + i * config.token_delay_ms) / 1000
             await asyncio.sleep(max(0.0, due - loop.time()))
             yield frame(i, token)

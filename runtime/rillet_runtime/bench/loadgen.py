@@ -77,6 +77,7 @@ APIS: dict[str, Api] = {
             "assistant_id": model,
             "input": {"messages": [{"role": "human", "content": prompt}]},
             "stream_mode": ["messages-tuple"],
+            "on_disconnect": "cancel",  # as Rillet does: no tokens for a gone client
         },
         lambda e: e[0] == b"messages" and _has_text(e[1]),
         lambda e: e[0] == b"end",

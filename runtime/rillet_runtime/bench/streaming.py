@@ -1,12 +1,23 @@
-"""Streaming benchmark: what the runtime adds on top of the model, per worker.
+"""Streaming benchmark: what each serving stack adds on top of the model, side by side.
 
-Side by side in one run, with the same light client: streams straight from the fake
-model (the baseline) and the same streams through one Rillet worker (gunicorn, uvicorn,
-the RAG graph, in-memory state) in front of it. Reported: time to first token and
-inter-token gaps (p50, p90, p99) for both, the difference (the runtime's share), and the
-resident memory one worker needs per 1,000 open streams.
+In one run, on one machine, with one load generator (`rillet bench`'s) and the fake model
+at a fixed time to first token and delay between tokens:
 
-    python -m rillet_runtime.bench.streaming --out bench-results
+- model: the fake model itself, through its OpenAI-compatible API: the baseline;
+- floor: a bare Starlette endpoint relaying the model's tokens as SSE, no graph: the
+  floor for Python SSE here (`rillet_runtime.bench.floor`);
+- rillet (memory) and rillet (redis): `rillet serve` with the built-in RAG graph;
+- langgraph: the same graph on LangGraph's own server (`langgraph dev`, in-memory), when
+  its virtual environment is there (`make bench` builds it).
+
+Every server runs one worker process. At each concurrency level, each server gets the
+same wave of streams (one per client, all at once), in rotating order. Reported per
+server and level: TTFT and inter-token latency percentiles, the time to first token and
+inter-token p99 they add to the model's, the server's CPU seconds per 1,000 model tokens;
+per server: the highest level whose added TTFT p99 stays under 50 ms, and the resident
+memory per 1,000 open streams.
+
+    python -m rillet_runtime.bench.streaming --out bench-results [--langgraph-venv DIR]
 """
 
 from __future__ import annotations
@@ -17,288 +28,430 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from rillet_runtime.bench.local import free_port
+from rillet_runtime.bench import loadgen
+from rillet_runtime.bench.local import RedisServer, free_port
 
 TTFT_MS = 200
 TOKEN_DELAY_MS = 20
+ADDED_TTFT_BOUND_MS = 50
+QUESTION = "How do I install Rillet?"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass
-class Target:
-    """How to ask one server for a stream and recognise its tokens in the raw bytes."""
-
+class Server:
     name: str
-    port: int
-    path: str
-    body: bytes
-    token_marker: bytes
-    end_marker: bytes
+    url: str
+    api: loadgen.Api
+    model: str
+    proc: subprocess.Popen[bytes]
 
+    def tree(self) -> list[psutil.Process]:
+        parent = psutil.Process(self.proc.pid)
+        return [parent, *parent.children(recursive=True)]
 
-@dataclass
-class StreamTiming:
-    ttft: float | None = None
-    gaps: list[float] = field(default_factory=list)
-    ok: bool = False
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.tree():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
-
-async def one_stream(target: Target) -> StreamTiming:
-    """A raw HTTP/1.1 client: light enough that 1,000 streams do not starve the servers."""
-    timing = StreamTiming()
-    request = (
-        f"POST {target.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(target.body)}\r\nConnection: close\r\n\r\n"
-    ).encode() + target.body
-    started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
-    try:
-        writer.write(request)
-        tail = b""
-        last_token: float | None = None
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            now = time.perf_counter()
-            window = tail + data
-            for _ in range(window.count(target.token_marker)):
-                if timing.ttft is None:
-                    timing.ttft = now - started
-                elif last_token is not None:
-                    timing.gaps.append(now - last_token)
-                last_token = now
-            if target.end_marker in window:
-                timing.ok = True
-                break
-            tail = window[-(len(target.token_marker) - 1) :]
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-    return timing
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": cuts[49] * 1000, "p90": cuts[89] * 1000, "p99": cuts[98] * 1000}
-
-
-async def wave(target: Target, concurrency: int) -> dict[str, Any]:
-    results = await asyncio.gather(*(one_stream(target) for _ in range(concurrency)))
-    ttfts = [r.ttft for r in results if r.ttft is not None]
-    gaps = [g for r in results for g in r.gaps]
-    return {
-        "target": target.name,
-        "concurrency": concurrency,
-        "ok": sum(r.ok for r in results),
-        "ttft_ms": percentiles(ttfts),
-        "inter_token_ms": percentiles(gaps),
-    }
+    def rss(self) -> int:
+        total = 0
+        for process in self.tree():
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total
 
 
 @contextlib.contextmanager
-def process(
-    args: list[str], env: dict[str, str], ready_url: str, log: Path
+def started(
+    command: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rillet_runtime", *args],
+            command,
             env={**os.environ, **env},
+            cwd=cwd,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(ready_url, timeout=1).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{args[0]} did not start:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{command[:3]} did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
         yield proc
     finally:
-        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
-def worker_rss(master: subprocess.Popen[bytes]) -> int:
-    return sum(child.memory_info().rss for child in psutil.Process(master.pid).children())
-
-
-async def memory_per_1000_streams(
-    rillet: Target, master: subprocess.Popen[bytes], fake_url: str, tokens: int
-) -> dict[str, float]:
-    """Hold 1,000 streams open on the one worker and compare its memory with idle."""
-    ready_url = f"http://127.0.0.1:{rillet.port}/readyz"
-    async with httpx.AsyncClient(timeout=60) as client:
-        await client.post(f"{fake_url}/_fake/config", json={"answer_tokens": 100_000})
-        idle = worker_rss(master)
-        streams = [asyncio.create_task(one_stream(rillet)) for _ in range(1000)]
-        for _ in range(300):  # until the worker reports all 1,000 open
-            await asyncio.sleep(1)
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(ready_url)).json().get("active_streams", 0) >= 1000:
-                    break
-    await asyncio.sleep(2)  # every stream past its first token
-    loaded = worker_rss(master)
-    for task in streams:
-        task.cancel()
-    await asyncio.gather(*streams, return_exceptions=True)
-    async with httpx.AsyncClient(timeout=60) as client:
-        await client.post(f"{fake_url}/_fake/config", json={"answer_tokens": tokens})
-        for _ in range(120):  # until the worker has cancelled every run
-            if not (await client.get(ready_url)).json().get("active_streams", 0):
-                break
-            await asyncio.sleep(0.5)
+async def wave(server: Server, concurrency: int, answer_tokens: int) -> dict[str, Any]:
+    plan = loadgen.LoadPlan(concurrency, requests=concurrency, timeout_seconds=120)
+    cpu_before, wall_before = server.cpu_seconds(), time.perf_counter()
+    results = await loadgen.run_load(server.url, server.api, plan, [QUESTION], server.model)
+    wall = time.perf_counter() - wall_before
+    cpu = server.cpu_seconds() - cpu_before
+    summary = loadgen.summarize(results, wall)
+    model_tokens = summary["ok"] * answer_tokens
     return {
-        "idle_mib": idle / 2**20,
-        "open_1000_mib": loaded / 2**20,
-        "per_1000_mib": (loaded - idle) / 2**20,
+        "server": server.name,
+        "concurrency": concurrency,
+        **summary,
+        "cpu_seconds": cpu,
+        "cpu_seconds_per_1000_tokens": cpu / model_tokens * 1000 if model_tokens else None,
     }
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+async def memory_per_1000_streams(server: Server, fake_url: str, answer_tokens: int) -> float:
+    """Hold 1,000 streams open (a slow, endless answer: open, not busy) and compare the
+    server's memory with its idle memory."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        slow = {"answer_tokens": 1_000_000, "token_delay_ms": 500}
+        await client.post(f"{fake_url}/_fake/config", json=slow)
+        idle = server.rss()
+        progress = loadgen.Progress()
+        plan = loadgen.LoadPlan(1000, requests=1000, timeout_seconds=3600)
+        load = asyncio.create_task(
+            loadgen.run_load(server.url, server.api, plan, [QUESTION], server.model, progress)
+        )
+        stats_url = f"{fake_url}/_fake/stats"
+        for _ in range(240):  # until the model streams to all 1,000
+            await asyncio.sleep(1)
+            if (await client.get(stats_url)).json()["active_streams"] >= 1000:
+                break
+        await asyncio.sleep(3)  # every stream past its first tokens
+        loaded = server.rss()
+        load.cancel()
+        await asyncio.gather(load, return_exceptions=True)
+        usual = {"answer_tokens": answer_tokens, "token_delay_ms": TOKEN_DELAY_MS}
+        await client.post(f"{fake_url}/_fake/config", json=usual)
+        for _ in range(120):  # until the server has let go of every upstream stream
+            if not (await client.get(stats_url)).json()["active_streams"]:
+                break
+            await asyncio.sleep(0.5)
+    return (loaded - idle) / 2**20
+
+
+def derive(waves: list[dict[str, Any]], servers: list[str]) -> dict[str, Any]:
+    """Added latency against the model at the same level; the highest level under bound."""
+    by_key = {(w["server"], w["concurrency"]): w for w in waves}
+    added: list[dict[str, Any]] = []
+    capacity: dict[str, int | None] = {}
+    for name in servers:
+        under: int | None = None
+        for level in sorted({w["concurrency"] for w in waves}):
+            ours, model = by_key.get((name, level)), by_key.get(("model", level))
+            if not ours or not model or ours["ok"] < level * 0.99:
+                break
+            row = {
+                "server": name,
+                "concurrency": level,
+                "added_ttft_p50_ms": ours["ttft_ms"]["p50"] - model["ttft_ms"]["p50"],
+                "added_ttft_p99_ms": ours["ttft_ms"]["p99"] - model["ttft_ms"]["p99"],
+                "added_inter_token_p99_ms": ours["inter_token_ms"]["p99"]
+                - model["inter_token_ms"]["p99"],
+                "cpu_seconds_per_1000_tokens": ours["cpu_seconds_per_1000_tokens"],
+            }
+            added.append(row)
+            if row["added_ttft_p99_ms"] < ADDED_TTFT_BOUND_MS:
+                under = level
+            else:
+                break
+        capacity[name] = under
+    return {"added": added, "max_concurrency_under_bound": capacity}
+
+
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """Rillet against LangGraph's server and against the floor, on the headline numbers."""
+    capacity = result["max_concurrency_under_bound"]
+    cpu: dict[str, list[float]] = {}
+    for row in result["added"]:
+        if row["cpu_seconds_per_1000_tokens"]:
+            cpu.setdefault(row["server"], []).append(row["cpu_seconds_per_1000_tokens"])
+    mean_cpu = {name: sum(v) / len(v) for name, v in cpu.items()}
+    out: dict[str, Any] = {}
+    for ours in ("rillet (memory)", "rillet (redis)"):
+        for other in ("langgraph", "floor"):
+            key = f"{ours} / {other}"
+            out[key] = {
+                "max_concurrency": (capacity.get(ours) or 0) / capacity[other]
+                if capacity.get(other)
+                else None,
+                "cpu_per_token": mean_cpu[ours] / mean_cpu[other]
+                if ours in mean_cpu and other in mean_cpu
+                else None,
+            }
+    return out
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def summary(result: dict[str, Any]) -> str:
     lines = [
-        "| concurrency | target | ok | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| server | streams | TTFT p50 | TTFT p99 | ITL p99 | added TTFT p50 | added TTFT p99 "
+        "| added ITL p99 | CPU s / 1k tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        ttft, itl = row["ttft_ms"], row["inter_token_ms"]
+    added = {(a["server"], a["concurrency"]): a for a in result["added"]}
+    for wave_row in result["waves"]:
+        a = added.get((wave_row["server"], wave_row["concurrency"]), {})
         lines.append(
-            f"| {row['concurrency']} | {row['target']} | {row['ok']}/{row['concurrency']} | "
-            f"{ttft['p50']:.1f} | {ttft['p99']:.1f} | {itl['p50']:.1f} | {itl['p99']:.1f} |"
+            f"| {wave_row['server']} | {wave_row['ok']}/{wave_row['concurrency']} "
+            f"| {fmt(wave_row['ttft_ms']['p50'])} | {fmt(wave_row['ttft_ms']['p99'])} "
+            f"| {fmt(wave_row['inter_token_ms']['p99'])} | {fmt(a.get('added_ttft_p50_ms'))} "
+            f"| {fmt(a.get('added_ttft_p99_ms'))} | {fmt(a.get('added_inter_token_p99_ms'))} "
+            f"| {fmt(wave_row['cpu_seconds_per_1000_tokens'], 3)} |"
+        )
+    lines += ["", f"Highest concurrency with added TTFT p99 under {ADDED_TTFT_BOUND_MS} ms:"]
+    for name, level in result["max_concurrency_under_bound"].items():
+        lines.append(f"- {name}: {level if level is not None else 'none of the levels'}")
+    lines += ["", "Resident memory per 1,000 open streams (MiB):"]
+    for name, mib in result["memory_per_1000_streams_mib"].items():
+        lines.append(f"- {name}: {mib:.0f}")
+    lines += ["", "Ratios:"]
+    for key, values in result["ratios"].items():
+        lines.append(
+            f"- {key}: max concurrency {fmt(values['max_concurrency'], 2)}x, "
+            f"CPU per token {fmt(values['cpu_per_token'], 2)}x"
         )
     return "\n".join(lines)
 
 
-async def run(levels: list[int], tokens: int) -> dict[str, Any]:
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in result["max_concurrency_under_bound"]:
+        rows = [w for w in result["waves"] if w["server"] == name]
+        levels = [w["concurrency"] for w in rows]
+        left.plot(levels, [w["ttft_ms"]["p99"] for w in rows], marker="o", label=name)
+        right.plot(levels, [w["cpu_seconds_per_1000_tokens"] for w in rows], marker="o")
+    model = [w for w in result["waves"] if w["server"] == "model"]
+    left.plot(
+        [w["concurrency"] for w in model],
+        [w["ttft_ms"]["p99"] for w in model],
+        "k--",
+        label="model",
+    )
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent streams (one worker)",
+        ylabel="TTFT p99 (ms)",
+        title="time to first token, p99",
+    )
+    right.set(
+        xscale="log",
+        xlabel="concurrent streams (one worker)",
+        ylabel="CPU s per 1,000 tokens",
+        title="server CPU per token",
+    )
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))
-    fake_port, rillet_port = free_port(), free_port()
-    fake_args = [
-        "fake-llm",
-        "--port",
-        str(fake_port),
-        "--ttft-ms",
-        str(TTFT_MS),
-        "--token-delay-ms",
-        str(TOKEN_DELAY_MS),
-        "--answer-tokens",
-        str(tokens),
-    ]
-    rillet_env = {
-        "RILLET_SERVER__PORT": str(rillet_port),
-        "RILLET_SERVER__WORKERS": "1",
-        "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "1200",
-        "RILLET_SERVER__METRICS_DIR": str(work / "metrics"),
+    fake_port = free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    model_env = {
         "RILLET_MODEL__PROVIDER": "openai",
         "RILLET_MODEL__NAME": "fake",
-        "RILLET_MODEL__BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+        "RILLET_MODEL__BASE_URL": f"{fake_url}/v1",
     }
-    direct = Target(
-        "fake model direct (baseline)",
-        fake_port,
-        "/v1/chat/completions",
-        json.dumps(
-            {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        ).encode(),
-        b'"delta":{"content":',
-        b"[DONE]",
-    )
-    rillet = Target(
-        "through Rillet (1 worker)",
-        rillet_port,
-        "/v1/chat/stream",
-        json.dumps({"message": "How do I install Rillet?"}).encode(),
-        b"event: token",
-        b"event: done",
-    )
-    rows: list[dict[str, Any]] = []
-    with (
-        process(fake_args, {}, f"http://127.0.0.1:{fake_port}/_fake/stats", work / "fake.log"),
-        process(
-            ["serve"], rillet_env, f"http://127.0.0.1:{rillet_port}/readyz", work / "rillet.log"
-        ) as master,
-    ):
-        await wave(rillet, 20)  # warm up imports, pools and caches
-        # Memory first, while the worker's heap has not yet grown for a big wave.
-        memory = await memory_per_1000_streams(
-            rillet, master, f"http://127.0.0.1:{fake_port}", tokens
+    python = [sys.executable, "-m", "rillet_runtime"]
+    with contextlib.ExitStack() as stack:
+        fake_proc = stack.enter_context(
+            started(
+                [
+                    *python,
+                    "fake-llm",
+                    "--port",
+                    str(fake_port),
+                    "--ttft-ms",
+                    str(TTFT_MS),
+                    "--token-delay-ms",
+                    str(TOKEN_DELAY_MS),
+                    "--answer-tokens",
+                    str(tokens),
+                ],
+                {},
+                f"{fake_url}/_fake/stats",
+                work / "fake.log",
+            )
         )
-        for concurrency in levels:
-            for target in (direct, rillet):  # side by side, same client, same moment
-                row = await wave(target, concurrency)
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
+        servers = [Server("model", fake_url, loadgen.APIS["openai"], "fake", fake_proc)]
 
-    added = []
-    for concurrency in levels:
-        base, ours = (
-            next(r for r in rows if r["concurrency"] == concurrency and r["target"] == t.name)
-            for t in (direct, rillet)
+        port = free_port()
+        floor = stack.enter_context(
+            started(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "--workers",
+                    "1",
+                    "--worker-class",
+                    "uvicorn_worker.UvicornWorker",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "rillet_runtime.bench.floor:app",
+                ],
+                {"RILLET_FLOOR_MODEL_URL": f"{fake_url}/v1"},
+                f"http://127.0.0.1:{port}/readyz",
+                work / "floor.log",
+            )
         )
-        added.append(
-            {
-                "concurrency": concurrency,
-                "added_ttft_p50_ms": ours["ttft_ms"]["p50"] - base["ttft_ms"]["p50"],
-                "added_ttft_p99_ms": ours["ttft_ms"]["p99"] - base["ttft_ms"]["p99"],
-                "inter_token_p99_ms": ours["inter_token_ms"]["p99"],
-                "inter_token_p99_ratio": ours["inter_token_ms"]["p99"]
-                / base["inter_token_ms"]["p99"],
+        servers.append(
+            Server("floor", f"http://127.0.0.1:{port}", loadgen.APIS["rillet"], "", floor)
+        )
+
+        redis = RedisServer(work / "redis")
+        redis.start()
+        stack.callback(redis.kill)
+        for name, state in (
+            ("rillet (memory)", {}),
+            (
+                "rillet (redis)",
+                {"RILLET_STATE__CHECKPOINTER": "redis", "RILLET_STATE__REDIS_URL": redis.url},
+            ),
+        ):
+            port = free_port()
+            env = {
+                **model_env,
+                **state,
+                "RILLET_SERVER__PORT": str(port),
+                "RILLET_SERVER__WORKERS": "1",
+                "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "1200",
+                "RILLET_SERVER__METRICS_DIR": str(work / f"metrics-{port}"),
             }
-        )
-    return {
+            proc = stack.enter_context(
+                started(
+                    [*python, "serve"],
+                    env,
+                    f"http://127.0.0.1:{port}/readyz",
+                    work / f"rillet-{port}.log",
+                )
+            )
+            servers.append(
+                Server(name, f"http://127.0.0.1:{port}", loadgen.APIS["rillet"], "", proc)
+            )
+
+        if langgraph_venv is not None:
+            port = free_port()
+            app_dir = work / "langgraph-app"
+            app_dir.mkdir()
+            graph = "rillet_runtime.bench.langgraph_app:graph"
+            config = {"dependencies": ["."], "graphs": {"agent": graph}}
+            (app_dir / "langgraph.json").write_text(json.dumps(config))
+            env = {
+                **model_env,
+                "PYTHONPATH": f"{ROOT / 'runtime'}",
+                "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+                "LOG_LEVEL": "WARNING",
+            }
+            proc = stack.enter_context(
+                started(
+                    [
+                        str(langgraph_venv / "bin" / "langgraph"),
+                        "dev",
+                        "--no-browser",
+                        "--no-reload",
+                        "--port",
+                        str(port),
+                        "--n-jobs-per-worker",
+                        "1200",
+                        "--config",
+                        str(app_dir / "langgraph.json"),
+                    ],
+                    env,
+                    f"http://127.0.0.1:{port}/ok",
+                    work / "langgraph.log",
+                    cwd=app_dir,
+                )
+            )
+            servers.append(
+                Server(
+                    "langgraph",
+                    f"http://127.0.0.1:{port}",
+                    loadgen.APIS["langgraph"],
+                    "agent",
+                    proc,
+                )
+            )
+
+        for server in servers:  # warm up imports, pools and caches
+            await wave(server, 10, tokens)
+        memory = {}
+        for server in servers[1:]:  # before the big waves grow the heaps
+            memory[server.name] = await memory_per_1000_streams(server, fake_url, tokens)
+            print(f"{server.name}: {memory[server.name]:.0f} MiB per 1,000 streams", flush=True)
+        for server in servers:  # and again: the memory test's cancellations are behind us
+            await wave(server, 10, tokens)
+
+        waves: list[dict[str, Any]] = []
+        for index, level in enumerate(levels):
+            order = servers[index % len(servers) :] + servers[: index % len(servers)]
+            for server in order:
+                row = await wave(server, level, tokens)
+                waves.append(row)
+                print(
+                    f"{level:>5} {server.name:<16} ok {row['ok']:>4}  TTFT p99 "
+                    f"{fmt(row['ttft_ms']['p99'])} ms",
+                    flush=True,
+                )
+        names = [s.name for s in servers[1:]]
+        waves.sort(key=lambda w: (w["concurrency"], [s.name for s in servers].index(w["server"])))
+
+    result: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
         "model": {"ttft_ms": TTFT_MS, "token_delay_ms": TOKEN_DELAY_MS, "answer_tokens": tokens},
-        "waves": rows,
-        "added_by_runtime": added,
-        "memory": memory,
+        "waves": waves,
+        **derive(waves, names),
+        "memory_per_1000_streams_mib": memory,
     }
-
-
-def summary(result: dict[str, Any]) -> str:
-    memory = result["memory"]
-    lines = [
-        table(result["waves"]),
-        "",
-        "| concurrency | added TTFT p50 | added TTFT p99 | inter-token p99 (ratio to model) |",
-        "|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {a['concurrency']} | {a['added_ttft_p50_ms']:.1f} ms | {a['added_ttft_p99_ms']:.1f} ms"
-        f" | {a['inter_token_p99_ms']:.1f} ms ({a['inter_token_p99_ratio']:.2f}x) |"
-        for a in result["added_by_runtime"]
-    ]
-    lines += [
-        "",
-        f"worker RSS idle {memory['idle_mib']:.0f} MiB, with 1,000 open streams "
-        f"{memory['open_1000_mib']:.0f} MiB: {memory['per_1000_mib']:.0f} MiB per 1,000 streams",
-    ]
-    return "\n".join(lines)
+    result["ratios"] = ratios(result)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 def main() -> None:
@@ -306,13 +459,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--levels", type=int, nargs="+", default=[100, 500])
-    parser.add_argument("--tokens", type=int, default=50)
+    parser.add_argument("--levels", type=int, nargs="+", default=[10, 25, 50, 100, 250, 500])
+    parser.add_argument("--tokens", type=int, default=50, help="tokens per answer")
+    parser.add_argument(
+        "--langgraph-venv", type=Path, help="a venv with langgraph-cli[inmem] and Rillet's deps"
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.levels, args.tokens))
+    result = asyncio.run(run(args.levels, args.tokens, args.langgraph_venv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "streaming.json").write_text(json.dumps(result, indent=2))
     (args.out / "streaming.md").write_text(summary(result) + "\n")
+    plot(result, args.out / "streaming.png")
     print(summary(result))
 
 
