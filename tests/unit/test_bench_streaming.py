@@ -32,23 +32,21 @@ def test_the_highest_level_under_the_bound_stops_at_the_first_miss() -> None:
         wave("rillet (memory)", 50, 220),
     ]
     derived = derive(waves, ["floor", "rillet (memory)"])
-    assert derived["max_concurrency_under_bound"] == {"floor": 50, "rillet (memory)": None}
+    assert derived["max_concurrency_under_bound"]["50"] == {"floor": 50, "rillet (memory)": None}
+    assert derived["max_concurrency_under_bound"]["250"] == {"floor": 100, "rillet (memory)": 50}
     added = {(a["server"], a["concurrency"]): a for a in derived["added"]}
     assert added["floor", 50]["added_ttft_p99_ms"] == 30
 
 
 def test_failed_streams_end_the_search() -> None:
     waves = [wave("model", 10, 200), wave("floor", 10, 205, ok=9)]
-    assert derive(waves, ["floor"])["max_concurrency_under_bound"] == {"floor": None}
+    assert derive(waves, ["floor"])["max_concurrency_under_bound"]["1000"] == {"floor": None}
 
 
 def test_ratios_against_langgraph_and_the_floor() -> None:
     result = {
         "max_concurrency_under_bound": {
-            "floor": 100,
-            "langgraph": 25,
-            "rillet (memory)": 50,
-            "rillet (redis)": None,
+            "50": {"floor": 100, "langgraph": 25, "rillet (memory)": 50, "rillet (redis)": None}
         },
         "added": [
             {"server": "floor", "cpu_seconds_per_1000_tokens": 0.1},
@@ -57,6 +55,9 @@ def test_ratios_against_langgraph_and_the_floor() -> None:
         ],
     }
     out = ratios(result)
-    assert out["rillet (memory) / langgraph"] == {"max_concurrency": 2.0, "cpu_per_token": 0.5}
+    assert out["rillet (memory) / langgraph"] == {
+        "max_concurrency": {"50": 2.0},
+        "cpu_per_token": 0.5,
+    }
     assert out["rillet (memory) / floor"]["cpu_per_token"] == pytest.approx(3.0)
-    assert out["rillet (redis) / floor"] == {"max_concurrency": 0.0, "cpu_per_token": None}
+    assert out["rillet (redis) / floor"] == {"max_concurrency": {"50": 0.0}, "cpu_per_token": None}
