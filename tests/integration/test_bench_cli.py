@@ -3,15 +3,19 @@ OpenAI-compatible one) and `rillet fake-llm` (OpenAI's wire protocol)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from langchain_core.messages import HumanMessage
 
-from tests.conftest import FakeLLM, Process, fake_llm_process, rillet_server
+from rillet_runtime.bench.local import free_port
+from tests.conftest import FakeLLM, Process, fake_llm_process, rillet_server, wait_until_ready
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +104,53 @@ def test_bad_arguments_exit_2_with_a_message(args: list[str], message: str) -> N
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_benchmark_floor_relays_the_models_tokens(fake: FakeLLM, tmp_path: Path) -> None:
+    """The floor the streaming benchmark compares against, under gunicorn as there."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        "1",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "rillet_runtime.bench.floor:app",
+    ]
+    env = {**os.environ, "RILLET_FLOOR_MODEL_URL": f"{fake.url}/v1"}
+    log = tmp_path / "floor.log"
+    with log.open("wb") as out:
+        floor = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", floor, log)
+        result_file = tmp_path / "floor.json"
+        done = bench(f"http://127.0.0.1:{port}", "-c", "10", "-n", "20", "--out", str(result_file))
+        assert done.returncode == 0, done.stderr
+        result = json.loads(result_file.read_text())
+        assert (result["ok"], result["tokens"]) == (20, 20 * 20)
+    finally:
+        floor.terminate()
+        floor.wait(timeout=30)
+
+
+async def test_the_graph_for_langgraphs_server_streams_from_the_model(
+    fake: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module `langgraph dev` serves in the benchmark: Rillet's graph, from RILLET_ env."""
+    monkeypatch.setenv("RILLET_MODEL__PROVIDER", "openai")
+    monkeypatch.setenv("RILLET_MODEL__NAME", "fake")
+    monkeypatch.setenv("RILLET_MODEL__BASE_URL", f"{fake.url}/v1")
+    module = importlib.import_module("rillet_runtime.bench.langgraph_app")
+    chunks = [
+        chunk
+        async for chunk, _ in module.graph.astream(
+            {"messages": [HumanMessage(content="How do I install Rillet?")]},
+            stream_mode="messages",
+        )
+        if chunk.content
+    ]
+    assert len(chunks) == 20
