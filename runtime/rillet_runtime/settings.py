@@ -128,6 +128,12 @@ class StateSettings(_Section):
     )
     redis_cluster: bool = Field(False, description="the URL points at a Redis Cluster")
     redis_timeout_seconds: float = Field(2, gt=0, description="per command; connect gets half")
+    redis_max_connections: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="per worker; when all are busy a command waits up to redis_timeout_seconds",
+    )
     checkpoint_ttl_seconds: float = Field(
         7 * 24 * 3600, ge=0, description="a thread expires this long after its last use; 0: never"
     )

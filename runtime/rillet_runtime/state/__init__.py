@@ -107,6 +107,7 @@ async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
         cluster=settings.redis_cluster,
         socket_timeout=settings.redis_timeout_seconds,
         connect_timeout=settings.redis_timeout_seconds / 2,
+        max_connections=settings.redis_max_connections,
         ttl_seconds=settings.checkpoint_ttl_seconds or None,
         compress_min_bytes=settings.compress_min_bytes,
         serde=serializer(settings),

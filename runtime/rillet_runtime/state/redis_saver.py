@@ -272,13 +272,16 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         cluster: bool = False,
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
+        max_connections: int = 64,
         **kwargs: Any,
     ) -> RedisCheckpointSaver:
         """A ready saver with its own pools (`aclose()` them, or use `connect`).
 
         Lost connections (a Redis restart or failover leaves stale ones in the pool) are
         retried twice with a short jittered backoff; timeouts are not, so a Redis that
-        hangs costs one `socket_timeout`, not three.
+        hangs costs one `socket_timeout`, not three. The async pool is bounded and
+        blocking: under load a command waits (up to `socket_timeout`) for a connection
+        instead of failing with "Too many connections".
         """
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
@@ -286,11 +289,23 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             "retry_on_error": [redis.ConnectionError],
         }
         backoff = ExponentialWithJitterBackoff(base=0.02, cap=0.25)
-        async_cls, sync_cls = (
-            (aredis.RedisCluster, redis.RedisCluster) if cluster else (aredis.Redis, redis.Redis)
-        )
+        async_client: Any
+        if cluster:  # one pool per node, bounded the same way
+            async_client = aredis.RedisCluster.from_url(
+                url, retry=AsyncRetry(backoff, 2), max_connections=max_connections, **options
+            )
+        else:
+            pool = aredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=socket_timeout,
+                retry=AsyncRetry(backoff, 2),
+                **options,
+            )
+            async_client = aredis.Redis.from_pool(pool)
+        sync_cls = redis.RedisCluster if cluster else redis.Redis
         return cls(
-            async_cls.from_url(url, retry=AsyncRetry(backoff, 2), **options),
+            async_client,
             sync_client=lambda: sync_cls.from_url(url, retry=Retry(backoff, 2), **options),
             **kwargs,
         )

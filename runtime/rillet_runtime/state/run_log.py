@@ -70,25 +70,25 @@ class RunLog:
             settings.resume_grace_seconds,
         )
 
-    async def append(self, run_id: str, event: RunEvent) -> None:
+    async def append(self, run_id: str, *batch: RunEvent) -> None:
+        """Append events in one round trip (a pipeline of XADDs, their TTL, the owner)."""
         events, owner, _ = _keys(run_id)
         pipe = self.client.pipeline(transaction=False)
-        pipe.xadd(
-            events,
-            {"e": event.event, "d": orjson.dumps(event.data)},
-            id=f"{event.id}-0",
-            maxlen=self.max_events,
-            approximate=True,
-        )
+        for event in batch:
+            pipe.xadd(
+                events,
+                {"e": event.event, "d": orjson.dumps(event.data)},
+                id=f"{event.id}-0",
+                maxlen=self.max_events,
+                approximate=True,
+            )
         pipe.pexpire(events, self.ttl_ms)
-        if event.event in TERMINAL:
+        if any(event.event in TERMINAL for event in batch):
             pipe.delete(owner)
-        try:
-            await pipe.execute()
-        except redis.ResponseError as exc:
+        for reply in await pipe.execute(raise_on_error=False):
             # A retry after a lost reply finds its own event already there: ids are ours.
-            if "equal or smaller" not in str(exc):
-                raise
+            if isinstance(reply, redis.ResponseError) and "equal or smaller" not in str(reply):
+                raise reply
 
     async def beat(self, run_id: str) -> bool:
         """Keep the owner key alive; True while some resumer is reading."""
@@ -108,15 +108,33 @@ class RunLog:
         `grace_seconds`, and longer while a resumer reads; otherwise it is cancelled.
         """
         detached_at: list[float] = []
+        unwritten: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+
+        async def write_behind() -> None:
+            """Appends off the token path: each round trip takes every event that arrived
+            during the previous one, so a slow Redis batches instead of delaying tokens."""
+            while True:
+                batch = [await unwritten.get()]
+                while not unwritten.empty():
+                    batch.append(unwritten.get_nowait())
+                done = batch[-1] is None
+                written = [event for event in batch if event is not None]
+                if written:
+                    with contextlib.suppress(redis.RedisError):
+                        await self.append(run_id, *written)
+                if done:
+                    return
 
         async def pump() -> None:
             last_beat = 0.0
+            writer = asyncio.create_task(write_behind(), name=f"run-log-{run_id}")
+            self._detached.add(writer)
+            writer.add_done_callback(self._detached.discard)
             try:
                 async for event in events:
                     if not detached_at:
                         await origin.put(event)
-                    with contextlib.suppress(redis.RedisError):
-                        await self.append(run_id, event)
+                    unwritten.put_nowait(event)
                     now = time.monotonic()
                     if now - last_beat >= _BEAT_SECONDS:
                         last_beat = now
@@ -130,6 +148,8 @@ class RunLog:
                         return
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
+                unwritten.put_nowait(None)
+                await asyncio.shield(writer)  # the terminal event is in Redis before we end
                 if not detached_at:
                     await origin.put(None)
 
