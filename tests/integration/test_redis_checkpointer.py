@@ -398,3 +398,26 @@ async def test_a_delta_channel_history_is_rebuilt_from_its_writes(
     assert [m.id for m in state.values["messages"]] == [
         m for turn in range(5) for m in (f"q{turn}", f"a{2 * turn + 1}")
     ]
+
+
+async def test_a_busy_pool_makes_commands_wait_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    """More concurrent runs than connections: they queue for the pool, none fails."""
+    saver = RedisCheckpointSaver.from_url(redis_server.url, max_connections=2)
+    try:
+        graph = echo_graph(saver)
+        results = await asyncio.gather(
+            *(
+                graph.ainvoke(
+                    {"messages": [HumanMessage(content=f"hello {i}")]},
+                    {"configurable": {"thread_id": f"busy-{i}"}},
+                )
+                for i in range(40)
+            )
+        )
+        assert [r["messages"][-1].content for r in results] == [
+            f"echo: hello {i}" for i in range(40)
+        ]
+    finally:
+        await saver.aclose()
