@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage
 
+from rillet_runtime.bench.floor import serve_command
 from rillet_runtime.bench.local import free_port
 from tests.conftest import FakeLLM, Process, fake_llm_process, rillet_server, wait_until_ready
 
@@ -109,18 +110,7 @@ def test_bad_arguments_exit_2_with_a_message(args: list[str], message: str) -> N
 def test_the_benchmark_floor_relays_the_models_tokens(fake: FakeLLM, tmp_path: Path) -> None:
     """The floor the streaming benchmark compares against, under gunicorn as there."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--workers",
-        "1",
-        "--worker-class",
-        "uvicorn_worker.UvicornWorker",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "rillet_runtime.bench.floor:app",
-    ]
+    command = serve_command(port)
     env = {**os.environ, "RILLET_FLOOR_MODEL_URL": f"{fake.url}/v1"}
     log = tmp_path / "floor.log"
     with log.open("wb") as out:

@@ -9,6 +9,7 @@ benchmark serves it with the same gunicorn and uvicorn worker as Rillet.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -19,6 +20,17 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 MODEL_URL = os.environ.get("RILLET_FLOOR_MODEL_URL", "http://127.0.0.1:8400/v1")
+
+
+def serve_command(port: int) -> list[str]:
+    """One gunicorn worker of uvicorn, as `rillet serve` runs; RILLET_FLOOR_MODEL_URL set."""
+    return [
+        *(sys.executable, "-m", "gunicorn", "--workers", "1"),
+        *("--worker-class", "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}"),
+        "rillet_runtime.bench.floor:app",
+    ]
+
+
 client = httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=None))
 
 

@@ -44,6 +44,7 @@ import httpx
 import psutil
 
 from rillet_runtime.bench import loadgen
+from rillet_runtime.bench.floor import serve_command as floor_command
 from rillet_runtime.bench.local import RedisServer, free_port
 
 TTFT_MS = 200
@@ -334,18 +335,7 @@ async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> di
         port = free_port()
         floor = stack.enter_context(
             started(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "--workers",
-                    "1",
-                    "--worker-class",
-                    "uvicorn_worker.UvicornWorker",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "rillet_runtime.bench.floor:app",
-                ],
+                floor_command(port),
                 {"RILLET_FLOOR_MODEL_URL": f"{fake_url}/v1"},
                 f"http://127.0.0.1:{port}/readyz",
                 work / "floor.log",
