@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,15 +64,19 @@ def create_app(settings: Settings) -> FastAPI:
                 score_threshold=settings.retrieval.score_threshold,
                 history_window=settings.state.history_window,
             )
-            yield {
-                "runtime": Runtime(
-                    settings=settings,
-                    lifecycle=lifecycle,
-                    graph=load_graph(settings.graph, deps, state.checkpointer),
-                    checkpointer=state.checkpointer,
-                    run_log=RunLog.for_settings(state.redis, settings.streaming),
-                )
-            }
+            runtime = Runtime(
+                settings=settings,
+                lifecycle=lifecycle,
+                graph=load_graph(settings.graph, deps, state.checkpointer),
+                checkpointer=state.checkpointer,
+                run_log=RunLog.for_settings(state.redis, settings.streaming),
+            )
+            # Everything built so far (imported libraries, models, the corpus) lives as
+            # long as the worker: out of the collector's sight, a full collection no
+            # longer walks it. Measured: 250 ms whole-worker pauses mid-stream before.
+            gc.collect()
+            gc.freeze()
+            yield {"runtime": runtime}
 
     app = FastAPI(
         title="Rillet runtime",
