@@ -11,7 +11,6 @@ import datetime
 import ipaddress
 import json
 import os
-import signal
 import ssl
 import subprocess
 import time
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from rillet_runtime.bench.local import free_port
+from rillet_runtime.bench.local import free_port, stop_process_group
 
 HERE = Path(__file__).resolve().parent
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -433,14 +432,8 @@ class TestCluster:
 
     def stop(self) -> None:
         for component in reversed(self.components):
-            proc = component.proc
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            if component.proc is not None:
+                stop_process_group(component.proc, timeout=15)
         self.components.clear()
 
     def __enter__(self) -> TestCluster:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from rillet_runtime.bench.local import free_port
+from rillet_runtime.bench.local import free_port, stop_process_group, wait_until_ready
 from testcluster.cluster import TestCluster
 
 
@@ -47,24 +43,11 @@ class OperatorProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited:\n{self.log_tail()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.health_url, timeout=1):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"operator not live:\n{self.log_tail()}")
+        wait_until_ready(self.health_url, self.proc, self.log, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process_group(self.proc, sig, timeout)
 
     @property
     def pid(self) -> int:

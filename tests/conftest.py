@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,21 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rillet_runtime.bench.local import RedisServer, free_port
-
-
-def wait_until_ready(
-    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+from rillet_runtime.bench.local import RedisServer, free_port, wait_until_ready
 
 
 @dataclass

@@ -9,12 +9,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
 from rillet_runtime.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: `rillet serve` should not load the bench
+    from rillet_runtime.bench import loadgen
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -217,8 +220,8 @@ def bench(
 
 
 async def _bench(
-    url: str, api: Any, plan: Any, prompts: list[str], model: str
-) -> tuple[list[Any], float]:
+    url: str, api: loadgen.Api, plan: loadgen.LoadPlan, prompts: list[str], model: str
+) -> tuple[list[loadgen.StreamResult], float]:
     """The load, with a live status line on a terminal."""
     import asyncio
 

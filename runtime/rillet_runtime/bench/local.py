@@ -1,12 +1,17 @@
-"""Local processes the benchmarks and the tests share: free loopback ports, a redis-server."""
+"""Local processes the benchmarks and the tests share: free loopback ports, waiting for a
+process to be ready, stopping its process group, a redis-server."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+import httpx
 
 
 def free_port() -> int:
@@ -14,6 +19,37 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_until_ready(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> None:
+    """Until `url` answers 200; fails early, with the log's tail, if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def stop_process_group(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> None:
+    """Signal a process started with `start_new_session=True` and its children; SIGKILL
+    them after `timeout`."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 class RedisServer:

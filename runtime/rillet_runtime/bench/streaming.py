@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,12 @@ import psutil
 
 from rillet_runtime.bench import loadgen
 from rillet_runtime.bench.floor import serve_command as floor_command
-from rillet_runtime.bench.local import RedisServer, free_port
+from rillet_runtime.bench.local import (
+    RedisServer,
+    free_port,
+    stop_process_group,
+    wait_until_ready,
+)
 
 TTFT_MS = 200
 TOKEN_DELAY_MS = 20
@@ -66,20 +71,18 @@ class Server:
         parent = psutil.Process(self.proc.pid)
         return [parent, *parent.children(recursive=True)]
 
-    def cpu_seconds(self) -> float:
+    def _sum(self, measure: Callable[[psutil.Process], float]) -> float:
         total = 0.0
         for process in self.tree():
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
+            with contextlib.suppress(psutil.Error):  # a child may exit meanwhile
+                total += measure(process)
         return total
 
-    def rss(self) -> int:
-        total = 0
-        for process in self.tree():
-            with contextlib.suppress(psutil.Error):
-                total += process.memory_info().rss
-        return total
+    def cpu_seconds(self) -> float:
+        return self._sum(lambda p: p.cpu_times().user + p.cpu_times().system)
+
+    def rss(self) -> float:
+        return self._sum(lambda p: p.memory_info().rss)
 
 
 @contextlib.contextmanager
@@ -96,23 +99,10 @@ def started(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready_url, timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:3]} did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_ready(ready_url, proc, log, timeout=120)
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, signal.SIGINT, timeout=20)
 
 
 async def wave(server: Server, concurrency: int, answer_tokens: int) -> dict[str, Any]:
