@@ -24,7 +24,8 @@ from lightkube import Client, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 
-from rillet_operator.builders import ChatService, deployment
+from rillet_operator.builders import deployment
+from rillet_operator.meta import ChatService
 from rillet_operator.spec import GROUP, KIND, PLURAL, VERSION, ChatServiceSpec
 from testcluster.cluster import TestCluster
 from testcluster.operator import OperatorProcess

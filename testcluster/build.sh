@@ -10,12 +10,13 @@ K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$HERE/go.mod")
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0  # only its PodMonitor CRD, for the chart's dry runs
+KEDA_VERSION=v2.21.0  # only its ScaledObject CRD, for engine: keda
 CACHE=${RILLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rillet}
 KEY=$(cat "$HERE/go.mod" "$HERE/go.sum" "$HERE/main.go" "$HERE/build.sh" | sha256sum | cut -c1-12)
 OUT="$CACHE/k8s-$K8S_VERSION-$KEY"
 
 if [[ -x "$OUT/bin/k8s" && -x "$OUT/bin/kwok" && -x "$OUT/bin/helm" && -f "$OUT/kwok-stages.yaml" \
-  && -d "$OUT/crds" ]]; then
+  && -d "$OUT/crds" && -d "$OUT/crds-keda" ]]; then
   echo "$OUT/bin"
   exit 0
 fi
@@ -58,6 +59,12 @@ operator_module=github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_O
 mkdir -p "$STAGING/crds"
 cp "$GOMODCACHE/$operator_module/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml" \
   "$STAGING/crds/"
+
+# KEDA's ScaledObject CRD, installed by the tests that want KEDA present.
+keda_module=github.com/kedacore/keda/v2@$KEDA_VERSION
+(cd "$STAGING" && GOFLAGS= go mod download "$keda_module")
+mkdir -p "$STAGING/crds-keda"
+cp "$GOMODCACHE/$keda_module/config/crd/bases/keda.sh_scaledobjects.yaml" "$STAGING/crds-keda/"
 
 rm -rf "$OUT"
 mv "$STAGING" "$OUT"

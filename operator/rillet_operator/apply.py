@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from httpx2 import HTTPStatusError
 from lightkube import ALL_NS, ApiError, AsyncClient, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
@@ -20,21 +21,24 @@ from lightkube.resources.core_v1 import ConfigMap, Secret, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
-from rillet_operator.builders import MANAGER, ChatService, children
+from rillet_operator.builders import children
+from rillet_operator.meta import MANAGER, ChatService
 from rillet_operator.runtime_settings import redis_service_name, unsupported_settings
 from rillet_operator.spec import GROUP, KIND, PLURAL, VERSION
-from rillet_operator.status import Observed, compute_status
+from rillet_operator.status import LatencyReading, Observed, compute_status
 
 log = logging.getLogger(__name__)
 API_WAIT_SECONDS = 120
 
 ChatServiceResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
 KINDS: dict[str, Any] = {
     "ConfigMap": ConfigMap,
     "Deployment": Deployment,
     "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
     "PodDisruptionBudget": PodDisruptionBudget,
     "Secret": Secret,
+    "ScaledObject": ScaledObject,
     "Service": Service,
     "StatefulSet": StatefulSet,
 }
@@ -50,11 +54,17 @@ class Outcome:
     status: dict[str, Any] = field(default_factory=dict)
 
 
+def _not_found(exc: HTTPStatusError) -> bool:
+    """404: no such object, or no such API (a CRD such as KEDA's is not installed; lightkube
+    raises its parent HTTPStatusError then, as the body is not a Status)."""
+    return exc.response.status_code == 404
+
+
 async def _get(client: AsyncClient, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
     try:
         found = await client.get(KINDS[kind], name, namespace=namespace)
-    except ApiError as exc:
-        if exc.status.code == 404:
+    except HTTPStatusError as exc:
+        if _not_found(exc):
             return None
         raise
     return _as_dict(found)
@@ -77,6 +87,7 @@ def _optional_children(cs: ChatService) -> list[tuple[str, str]]:
     redis = redis_service_name(cs.name)
     return [
         ("HorizontalPodAutoscaler", cs.name),
+        ("ScaledObject", cs.name),
         ("StatefulSet", redis),
         ("Service", redis),
         ("Secret", redis),
@@ -98,18 +109,32 @@ def _owned_by(obj: dict[str, Any], cs: ChatService) -> bool:
     return any(ref.get("uid") == cs.uid for ref in obj["metadata"].get("ownerReferences", []))
 
 
-async def reconcile(client: AsyncClient, body: dict[str, Any]) -> Outcome:
+async def reconcile(
+    client: AsyncClient,
+    body: dict[str, Any],
+    prometheus_url: str | None = None,
+    latency: LatencyReading | None = None,
+) -> Outcome:
     cs = ChatService.from_body(body)
     managed_redis = bool(cs.spec.redis and cs.spec.redis.managed)
     password = await redis_password(client, cs) if managed_redis else None
     outcome = Outcome()
     live: dict[tuple[str, str], dict[str, Any]] = {}
+    missing_apis: list[str] = []
 
-    desired = children(cs, password)
+    desired = children(cs, password, prometheus_url)
     for manifest in desired:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         before = await _get(client, kind, name, cs.namespace)
-        applied = await client.apply(codecs.from_dict(manifest), field_manager=MANAGER, force=True)
+        try:
+            applied = await client.apply(
+                codecs.from_dict(manifest), field_manager=MANAGER, force=True
+            )
+        except HTTPStatusError as exc:
+            if not _not_found(exc):  # apply creates: a 404 means the API is not served
+                raise
+            missing_apis.append(manifest["apiVersion"])
+            continue
         after = _as_dict(applied)
         live[kind, name] = after
         label = f"{kind} {name}"
@@ -132,6 +157,9 @@ async def reconcile(client: AsyncClient, body: dict[str, Any]) -> Outcome:
         deployment=live.get(("Deployment", cs.name)),
         redis=live.get(("StatefulSet", redis_service_name(cs.name))),
         unsupported=tuple(unsupported_settings(cs.spec)),
+        missing_apis=tuple(missing_apis),
+        prometheus_configured=prometheus_url is not None,
+        latency=latency,
     )
     old = body.get("status") or {}
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

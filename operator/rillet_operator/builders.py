@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from lightkube.utils.quantity import parse_quantity
 
+from rillet_operator.autoscaling import autoscaler
+from rillet_operator.meta import (
+    SERVICE_PORT,
+    ChatService,
+    labels,
+    metadata,
+    selector,
+)
 from rillet_operator.runtime_settings import (
     DRAIN_SECONDS,
     PORT,
@@ -24,73 +31,12 @@ from rillet_operator.runtime_settings import (
     runtime_settings,
     secret_env,
 )
-from rillet_operator.spec import GROUP, KIND, VERSION, ChatServiceSpec
+from rillet_operator.spec import GROUP
 
-MANAGER = "rillet-operator"
 RUNTIME_UID = 10001
 REDIS_UID = 999  # the redis image's own user
-SERVICE_PORT = 80
 REDIS_PORT = 6379
 HASH_ANNOTATION = f"{GROUP}/settings-hash"
-
-
-@dataclass(frozen=True)
-class ChatService:
-    """What the builders need of a ChatService object."""
-
-    name: str
-    namespace: str
-    uid: str
-    spec: ChatServiceSpec
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> ChatService:
-        meta = body["metadata"]
-        return cls(
-            meta["name"],
-            meta["namespace"],
-            meta["uid"],
-            ChatServiceSpec.model_validate(body.get("spec") or {}),
-        )
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.name}.{self.namespace}.svc:{SERVICE_PORT}"
-
-
-def labels(cs: ChatService, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "rillet",
-        "app.kubernetes.io/instance": cs.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGER,
-    }
-
-
-def selector(cs: ChatService, component: str = "chat") -> dict[str, str]:
-    return {k: v for k, v in labels(cs, component).items() if k != "app.kubernetes.io/managed-by"}
-
-
-def selector_string(cs: ChatService) -> str:
-    return ",".join(f"{k}={v}" for k, v in selector(cs).items())
-
-
-def metadata(cs: ChatService, name: str, component: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": cs.namespace,
-        "labels": labels(cs, component),
-        "ownerReferences": [
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": cs.name,
-                "uid": cs.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ],
-    }
 
 
 def _settings_yaml(cs: ChatService) -> str:
@@ -239,62 +185,6 @@ def pod_disruption_budget(cs: ChatService) -> dict[str, Any]:
     }
 
 
-def streams_per_pod_target(cs: ChatService) -> int:
-    """Scale out at 70% of a pod's stream capacity, before streams are refused."""
-    server = cs.spec.server
-    return max(1, int(server.workers_per_pod * server.max_concurrent_streams_per_worker * 0.7))
-
-
-def horizontal_pod_autoscaler(cs: ChatService) -> dict[str, Any]:
-    scaling = cs.spec.autoscaling
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(cs, cs.name, "chat"),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": cs.name},
-            "minReplicas": scaling.min_replicas,
-            "maxReplicas": scaling.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {"type": "Utilization", "averageUtilization": 70},
-                    },
-                },
-                {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": "rillet_active_streams"},
-                        "target": {
-                            "type": "AverageValue",
-                            "averageValue": str(streams_per_pod_target(cs)),
-                        },
-                    },
-                },
-            ],
-            "behavior": {
-                # Up fast: a latency target is missed within seconds of a burst.
-                "scaleUp": {
-                    "stabilizationWindowSeconds": 0,
-                    "selectPolicy": "Max",
-                    "policies": [
-                        {"type": "Percent", "value": 100, "periodSeconds": 15},
-                        {"type": "Pods", "value": 4, "periodSeconds": 15},
-                    ],
-                },
-                # Down slowly: every removed pod drains streams that may last minutes.
-                "scaleDown": {
-                    "stabilizationWindowSeconds": 300,
-                    "selectPolicy": "Min",
-                    "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
-                },
-            },
-        },
-    }
-
-
 # -- managed Redis ---------------------------------------------------------------------------
 
 
@@ -409,7 +299,9 @@ def redis_service(cs: ChatService) -> dict[str, Any]:
     }
 
 
-def children(cs: ChatService, redis_password: str | None = None) -> list[dict[str, Any]]:
+def children(
+    cs: ChatService, redis_password: str | None = None, prometheus_url: str | None = None
+) -> list[dict[str, Any]]:
     """Every child, in apply order: what pods need exists before the pods."""
     built: list[dict[str, Any]] = []
     if cs.spec.redis and cs.spec.redis.managed:
@@ -417,6 +309,7 @@ def children(cs: ChatService, redis_password: str | None = None) -> list[dict[st
             raise ValueError("a managed Redis needs its password")
         built += [redis_secret(cs, redis_password), redis_service(cs), redis_stateful_set(cs)]
     built += [config_map(cs), deployment(cs), service(cs), pod_disruption_budget(cs)]
-    if cs.spec.replicas is None:
-        built.append(horizontal_pod_autoscaler(cs))
+    scaler = autoscaler(cs, prometheus_url)
+    if scaler:
+        built.append(scaler)
     return built

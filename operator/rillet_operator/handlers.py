@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
+import httpx
 import kopf
 from lightkube import ApiError, AsyncClient
 from prometheus_client import Counter, Gauge, Histogram
@@ -19,8 +21,10 @@ from rillet_operator.apply import (
     reconcile,
     wait_for_chat_service_api,
 )
-from rillet_operator.builders import MANAGER
+from rillet_operator.meta import MANAGER
+from rillet_operator.observe import PrometheusReader
 from rillet_operator.spec import GROUP, PLURAL, VERSION
+from rillet_operator.status import LatencyReading
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ CHILD_KINDS = [
 OURS = {"app.kubernetes.io/managed-by": MANAGER}
 SELECTOR = ",".join(f"{key}={value}" for key, value in OURS.items())
 RESYNC_SECONDS = 300
+OBSERVE_SECONDS = float(os.environ.get("RILLET_OBSERVE_SECONDS", "30"))
 
 Key = tuple[str, str]
 
@@ -89,10 +94,13 @@ class Coalescer:
 
 
 class Operator:
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: AsyncClient, prometheus: PrometheusReader | None = None) -> None:
         self.client = client
+        self.prometheus = prometheus
         self.coalescer = Coalescer(self._reconcile_named)
         self.known: set[Key] = set()  # every ChatService seen, for the periodic resync
+        self.latency: dict[Key, LatencyReading] = {}
+        self.latency_error: str | None = "not read yet"
 
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
@@ -106,6 +114,28 @@ class Operator:
             await asyncio.sleep(RESYNC_SECONDS)
             for namespace, name in sorted(self.known):
                 self.coalescer.request(namespace, name)
+
+    async def observe_latency_forever(self, prometheus: PrometheusReader) -> None:
+        """Read every ChatService's latency each OBSERVE_SECONDS; reconcile those whose
+        reading changed, so status (observedLatency, SLOMet) follows."""
+        while True:
+            before = {key: self.reading(key) for key in self.known}
+            try:
+                self.latency, self.latency_error = await prometheus.latency(), None
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                self.latency_error = f"{prometheus.url}: {exc or type(exc).__name__}"
+                log.warning("reading latency from Prometheus failed: %s", self.latency_error)
+            for key in sorted(self.known):
+                if self.reading(key) != before.get(key):
+                    self.coalescer.request(*key)
+            await asyncio.sleep(OBSERVE_SECONDS)
+
+    def reading(self, key: Key) -> LatencyReading | None:
+        if self.prometheus is None:
+            return None
+        if self.latency_error:
+            return LatencyReading(error=self.latency_error)
+        return self.latency.get(key, LatencyReading())
 
     async def _reconcile_named(self, namespace: str, name: str) -> None:
         result = "error"
@@ -124,7 +154,12 @@ class Operator:
         if body["metadata"].get("deletionTimestamp"):
             return "deleting"  # garbage collection removes the children
         try:
-            outcome = await reconcile(self.client, body)
+            outcome = await reconcile(
+                self.client,
+                body,
+                prometheus_url=self.prometheus.url if self.prometheus else None,
+                latency=self.reading((namespace, name)),
+            )
         except ApiError as exc:
             if not namespace_terminating(exc):
                 raise
@@ -169,17 +204,24 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.scanning.disabled = True
     client = AsyncClient(field_manager=MANAGER)
     await wait_for_chat_service_api(client, list(getattr(memo, "namespaces", None) or []))
-    memo.operator = Operator(client)
-    memo.resync = asyncio.create_task(memo.operator.resync_forever())
+    url = getattr(memo, "prometheus_url", None)
+    prometheus = PrometheusReader(url) if url else None
+    memo.operator = operator = Operator(client, prometheus)
+    memo.loops = [asyncio.create_task(operator.resync_forever())]
+    if prometheus:
+        memo.loops.append(asyncio.create_task(operator.observe_latency_forever(prometheus)))
 
 
 @kopf.on.cleanup()
 async def close(memo: Any, **_: Any) -> None:
     operator = _operator(memo)
-    memo.resync.cancel()
-    await asyncio.gather(memo.resync, return_exceptions=True)
+    for loop in memo.loops:
+        loop.cancel()
+    await asyncio.gather(*memo.loops, return_exceptions=True)
     await operator.coalescer.aclose()
     await operator.client.close()
+    if operator.prometheus:
+        await operator.prometheus.aclose()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

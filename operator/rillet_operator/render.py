@@ -6,15 +6,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rillet_operator.builders import ChatService, children
+from rillet_operator.builders import children
 from rillet_operator.crd import to_yaml
+from rillet_operator.meta import ChatService
 from rillet_operator.spec import GROUP, KIND
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 PLACEHOLDER_PASSWORD = "generated-by-the-operator"
 
 
-def render_manifests(documents: list[Any]) -> str:
+def render_manifests(documents: list[Any], prometheus_url: str | None = None) -> str:
     rendered: list[dict[str, Any]] = []
     for document in documents:
         if not document:
@@ -38,7 +39,7 @@ def render_manifests(documents: list[Any]) -> str:
             cs = ChatService.from_body(body)
         except ValidationError as exc:
             raise ValueError(_readable(exc)) from None
-        rendered += children(cs, PLACEHOLDER_PASSWORD)
+        rendered += children(cs, PLACEHOLDER_PASSWORD, prometheus_url)
     return "".join(f"---\n{to_yaml(manifest)}" for manifest in rendered)
 
 

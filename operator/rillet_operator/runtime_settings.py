@@ -79,8 +79,6 @@ def unsupported_settings(spec: ChatServiceSpec) -> list[str]:
         unsupported.append(f"vectorIndex.provider={spec.vector_index.provider}")
     if spec.embeddings.provider != "offline":
         unsupported.append(f"embeddings.provider={spec.embeddings.provider}")
-    if spec.autoscaling.engine != "hpa":
-        unsupported.append(f"autoscaling.engine={spec.autoscaling.engine}")
     return unsupported
 
 

@@ -235,7 +235,36 @@ class AutoscalingSpec(Model):
 
     min_replicas: int = Field(2, ge=1, le=1000)
     max_replicas: int = Field(10, ge=1, le=1000)
-    engine: Literal["hpa", "keda"] = "hpa"
+    engine: Literal["hpa", "keda"] = Field(
+        "hpa",
+        description="hpa: an HPA on custom metrics (prometheus-adapter); keda: a KEDA "
+        "ScaledObject with Prometheus triggers (needs KEDA and the operator's --prometheus-url)",
+    )
+    streams_per_pod: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="concurrent streams one pod serves within the latency targets, as "
+        "measured by `rillet bench --calibrate`; unset: 20 per worker (conservative)",
+    )
+    target_utilization_percent: int = Field(
+        70,
+        ge=10,
+        le=100,
+        description="scale out when active streams per pod reach this share of streamsPerPod; "
+        "the rest absorbs arrivals while new pods start",
+    )
+    scale_on_latency: bool = Field(
+        True,
+        description="also scale out when a pod's TTFT p95 exceeds latencyTargets.ttftP95Ms; "
+        "turn off when the model's own TTFT dominates and more pods cannot help",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        300,
+        ge=0,
+        le=3600,
+        description="scale in only to the highest recommendation of this window",
+    )
 
 
 class ChatServiceSpec(Model):
@@ -260,7 +289,7 @@ class ChatServiceSpec(Model):
 
 
 class Condition(Model):
-    type: Literal["Ready", "Progressing", "Degraded", "RedisReady"]
+    type: Literal["Ready", "Progressing", "Degraded", "RedisReady", "SLOMet"]
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str = ""
@@ -269,8 +298,11 @@ class Condition(Model):
 
 
 class ObservedLatency(Model):
+    """Read from Prometheus (the operator's --prometheus-url) over the last window."""
+
     ttft_p95_ms: float | None = None
     inter_token_p95_ms: float | None = None
+    window: str | None = Field(None, description="the PromQL range the figures cover")
 
 
 class ChatServiceStatus(Model):

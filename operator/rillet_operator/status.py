@@ -6,9 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rillet_operator.builders import ChatService, selector_string
+from rillet_operator.autoscaling import STATUS_WINDOW
+from rillet_operator.meta import ChatService, selector_string
 
 Condition = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LatencyReading:
+    """One ChatService's latency as Prometheus saw it over STATUS_WINDOW; None: no samples
+    (no traffic). `error` says why there is no reading at all."""
+
+    ttft_p95_ms: float | None = None
+    inter_token_p95_ms: float | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -19,10 +30,14 @@ class Observed:
     deployment: dict[str, Any] | None
     redis: dict[str, Any] | None  # the managed Redis StatefulSet, when there is one
     unsupported: tuple[str, ...] = ()
+    missing_apis: tuple[str, ...] = ()  # children whose API the cluster does not serve
+    prometheus_configured: bool = False
+    latency: LatencyReading | None = None
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str = "") -> Condition:
-    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
+def _condition(kind: str, ok: bool | None, reason: str, message: str = "") -> Condition:
+    status = "Unknown" if ok is None else "True" if ok else "False"
+    return {"type": kind, "status": status, "reason": reason, "message": message}
 
 
 def _deployment_condition(deployment: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -103,6 +118,22 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
         )
     elif failure.get("status") == "True":
         degraded = _condition("Degraded", True, "ReplicaFailure", failure.get("message", ""))
+    elif observed.missing_apis:
+        degraded = _condition(
+            "Degraded",
+            True,
+            "APINotInstalled",
+            "the cluster does not serve "
+            + ", ".join(observed.missing_apis)
+            + (" (install KEDA)" if cs.spec.autoscaling.engine == "keda" else ""),
+        )
+    elif _keda_without_prometheus(cs, observed):
+        degraded = _condition(
+            "Degraded",
+            True,
+            "NoPrometheus",
+            "autoscaling.engine=keda needs the operator's --prometheus-url; not autoscaling",
+        )
     elif observed.unsupported:
         degraded = _condition(
             "Degraded",
@@ -113,7 +144,53 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
     else:
         degraded = _condition("Degraded", False, "AsExpected")
     result.append(degraded)
+    result.append(slo_condition(cs, observed))
     return result
+
+
+def _keda_without_prometheus(cs: ChatService, observed: Observed) -> bool:
+    keda = cs.spec.autoscaling.engine == "keda" and cs.spec.replicas is None
+    return keda and not observed.prometheus_configured
+
+
+def slo_condition(cs: ChatService, observed: Observed) -> Condition:
+    """Observed p95 latency against the targets, or Unknown saying what is missing."""
+    if not observed.prometheus_configured:
+        return _condition(
+            "SLOMet", None, "NoPrometheus", "start the operator with --prometheus-url to compare"
+        )
+    reading = observed.latency
+    if reading is None or reading.error:
+        why = (reading.error if reading else None) or "not read yet"
+        return _condition("SLOMet", None, "PrometheusUnavailable", why)
+    if reading.ttft_p95_ms is None:
+        return _condition("SLOMet", None, "NoTraffic", f"no streams in the last {STATUS_WINDOW}")
+    targets = cs.spec.latency_targets
+    checks = [("TTFT", reading.ttft_p95_ms, targets.ttft_p95_ms)]
+    if reading.inter_token_p95_ms is not None:
+        checks.append(("inter-token", reading.inter_token_p95_ms, targets.inter_token_p95_ms))
+    missed = [
+        f"{name} p95 {value:.0f} ms > {target} ms"
+        for name, value, target in checks
+        if value > target
+    ]
+    if missed:
+        return _condition("SLOMet", False, "TargetMissed", "; ".join(missed))
+    met = "; ".join(f"{name} p95 {value:.0f} ms <= {target} ms" for name, value, target in checks)
+    return _condition("SLOMet", True, "WithinTargets", met)
+
+
+def observed_latency(observed: Observed) -> dict[str, Any] | None:
+    reading = observed.latency
+    if reading is None or reading.ttft_p95_ms is None:
+        return None
+    return {
+        "ttftP95Ms": round(reading.ttft_p95_ms),
+        "interTokenP95Ms": None
+        if reading.inter_token_p95_ms is None
+        else round(reading.inter_token_p95_ms),
+        "window": STATUS_WINDOW,
+    }
 
 
 def with_transition_times(
@@ -145,4 +222,5 @@ def compute_status(
         "readyReplicas": status.get("readyReplicas", 0),
         "selector": selector_string(cs),
         "endpoint": cs.endpoint,
+        "observedLatency": observed_latency(observed),
     }

@@ -25,6 +25,7 @@ from rillet_runtime.app_state import LifespanState, Runtime
 from rillet_runtime.graph import GraphDeps, load_graph
 from rillet_runtime.lifecycle import Lifecycle
 from rillet_runtime.llm import build_chat_model
+from rillet_runtime.metrics import STREAM_CAPACITY
 from rillet_runtime.retrieval import KeywordRetriever, default_corpus_paths, load_corpus
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import open_state
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             # longer walks it. Measured: 250 ms whole-worker pauses mid-stream before.
             gc.collect()
             gc.freeze()
+            STREAM_CAPACITY.set(settings.server.max_streams_per_worker)
             yield {"runtime": runtime}
 
     app = FastAPI(

@@ -117,6 +117,14 @@ def operator(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve Prometheus metrics on this port (/metrics)")
     ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RILLET_PROMETHEUS_URL",
+            help="Prometheus that scrapes ChatService pods: observed latency in status, "
+            "and the server KEDA triggers query",
+        ),
+    ] = None,
 ) -> None:
     """Run the ChatService operator (kopf) with the current kubeconfig or in-cluster account."""
     import kopf
@@ -137,13 +145,17 @@ def operator(
         clusterwide=not namespaces,  # belongs to the chart's Deployment strategy)
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        memo=kopf.Memo(namespaces=namespaces),
+        memo=kopf.Memo(namespaces=namespaces, prometheus_url=prometheus_url),
     )
 
 
 @app.command()
 def render(
     file: Annotated[Path, typer.Option("--file", "-f", help="a ChatService manifest (YAML)")],
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(envvar="RILLET_PROMETHEUS_URL", help="as given to the operator (KEDA)"),
+    ] = None,
 ) -> None:
     """Print the manifests the operator would apply for a ChatService, without a cluster."""
     import yaml
@@ -153,7 +165,7 @@ def render(
 
     try:
         documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
-        typer.echo(render_manifests(documents), nl=False)
+        typer.echo(render_manifests(documents, prometheus_url), nl=False)
     except (OSError, yaml.YAMLError, ValueError, SpecError) as exc:
         typer.echo(f"rillet render: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -47,6 +47,11 @@ ACTIVE_STREAMS = Gauge(
     "Streams being served now.",
     multiprocess_mode="livesum",
 )
+STREAM_CAPACITY = Gauge(
+    "rillet_stream_capacity",
+    "Streams this pod admits at once (summed over its workers); past it, 503.",
+    multiprocess_mode="livesum",
+)
 REQUESTS = Counter(
     "rillet_requests_total",
     "Chat requests by endpoint and outcome.",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from testcluster import TestCluster
+from testcluster.metrics_adapter import MetricsAdapter
 from testcluster.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,8 +23,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
 
 
 @pytest.fixture(scope="session")
-def operator_process(cluster: TestCluster) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster, cluster.logs / "operator.log")
+def metrics(cluster: TestCluster) -> Iterator[MetricsAdapter]:
+    """Custom metrics for the HPA controller and a Prometheus API for the operator, with
+    values tests set (see testcluster/metrics_adapter.py)."""
+    adapter = MetricsAdapter(cluster).start()
+    adapter.register()
+    yield adapter
+    adapter.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_process(cluster: TestCluster, metrics: MetricsAdapter) -> Iterator[OperatorProcess]:
+    env = {"RILLET_PROMETHEUS_URL": metrics.prometheus_url, "RILLET_OBSERVE_SECONDS": "1"}
+    process = OperatorProcess(cluster, cluster.logs / "operator.log", env=env)
     yield process
     process.stop()
 

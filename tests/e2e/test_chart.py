@@ -18,7 +18,7 @@ import yaml
 
 from testcluster import TestCluster, build
 from testcluster.operator import OperatorProcess
-from tests.e2e.test_operator import EXAMPLES, condition, wait_ready
+from tests.e2e.kube import EXAMPLES, condition, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "rillet"

@@ -25,7 +25,7 @@ import yaml
 from httpx_sse import connect_sse
 
 from rillet_operator import builders
-from rillet_operator.builders import ChatService
+from rillet_operator.meta import ChatService
 from rillet_runtime.bench.local import free_port
 from testcluster import TestCluster
 from testcluster.operator import OperatorProcess

@@ -10,65 +10,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from testcluster import TestCluster
 from testcluster.operator import OperatorProcess
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
-GROUP = "rillet.dev"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-    """Poll until `check` returns something truthy (functional deadline, not a speed test)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
-
-
-def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    found = [c for c in body.get("status", {}).get("conditions", []) if c["type"] == kind]
-    return found[0] if found else {}
-
-
-def wait_ready(cluster: TestCluster, namespace: str, name: str, timeout: int = 180) -> None:
-    cluster.kubectl(
-        "wait",
-        "-n",
-        namespace,
-        f"chatservice/{name}",
-        "--for=condition=Ready",
-        f"--timeout={timeout}s",
-        timeout=timeout + 30,
-    )
-
-
-def chat_service(cluster: TestCluster, namespace: str, name: str) -> dict[str, Any]:
-    body: dict[str, Any] = cluster.get_json("-n", namespace, "chatservice", name)
-    return body
-
-
-def manifest(name: str, **spec: Any) -> str:
-    return json.dumps(
-        {
-            "apiVersion": f"{GROUP}/v1alpha1",
-            "kind": "ChatService",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
+from tests.e2e.kube import EXAMPLES, GROUP, chat_service, condition, manifest, wait_for, wait_ready
 
 
 def test_demo_example_creates_children_and_becomes_ready(
@@ -444,17 +394,18 @@ def test_fifty_chat_services_applied_at_once_all_become_ready(
 
 
 def test_unsupported_settings_are_reported_degraded(cluster: TestCluster, namespace: str) -> None:
-    spec = {"replicas": 1, "autoscaling": {"engine": "keda"}}
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("keda", **spec))
+    qdrant = {"url": "http://qdrant:6333", "collection": "docs"}
+    spec = {"replicas": 1, "vectorIndex": {"provider": "qdrant", "qdrant": qdrant}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qdrant", **spec))
     body = wait_for(
         "a Degraded condition",
         lambda: (
-            condition(cs := chat_service(cluster, namespace, "keda"), "Degraded").get("status")
+            condition(cs := chat_service(cluster, namespace, "qdrant"), "Degraded").get("status")
             == "True"
             and cs
         ),
     )
-    assert "keda" in condition(body, "Degraded")["message"].lower()
+    assert "vectorIndex.provider=qdrant" in condition(body, "Degraded")["message"]
 
 
 def test_kubectl_scale_fixes_the_count_and_removes_the_hpa(

@@ -20,7 +20,7 @@ import yaml
 from httpx_sse import connect_sse
 
 from rillet_operator import builders
-from rillet_operator.builders import ChatService
+from rillet_operator.meta import ChatService
 from rillet_runtime.bench.local import RedisServer, free_port
 from tests.conftest import fake_llm_process, rillet_process
 

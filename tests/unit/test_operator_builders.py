@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from rillet_operator import builders
-from rillet_operator.builders import ChatService, children
+from rillet_operator.builders import children
 from rillet_operator.crd import (
     CHART_CRD_PATH,
     CRD_PATH,
@@ -27,6 +27,7 @@ from rillet_operator.crd import (
     render_reference,
     to_yaml,
 )
+from rillet_operator.meta import ChatService
 from rillet_operator.runtime_settings import runtime_settings, secret_env
 from rillet_operator.spec import ChatServiceSpec
 from rillet_operator.status import Observed, compute_status

@@ -1,0 +1,175 @@
+"""Latency targets compiled into autoscaling rules: pure builders for the HPA (custom
+metrics served by prometheus-adapter) and the KEDA ScaledObject (Prometheus triggers).
+
+Two signals, as in docs/design/2026-11-25-autoscaling.md:
+- active streams per pod against a share of the pod's measured stream capacity: it leads
+  latency (TTFT rises only once a pod is past its capacity) and is linear in load, which
+  is what the HPA's proportional rule assumes;
+- TTFT p95 per pod against `latencyTargets.ttftP95Ms`: it corrects a wrong capacity (a
+  slower model, longer prompts) but lags, so it backs up the first signal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rillet_operator.meta import ChatService, metadata
+
+ACTIVE_STREAMS = "rillet_active_streams"
+TTFT_P95 = "rillet_time_to_first_token_p95_seconds"  # served by prometheus-adapter's rule
+STREAMS_PER_WORKER_DEFAULT = 20
+LATENCY_WINDOW = "2m"  # rate window for the HPA signals: short, they must react
+STATUS_WINDOW = "5m"  # for status: steadier
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+
+
+def pod_capacity(cs: ChatService) -> int:
+    """Streams one pod serves within the targets: calibrated, or a conservative default;
+    never above what its workers admit (past that they answer 503)."""
+    server = cs.spec.server
+    admitted = server.workers_per_pod * server.max_concurrent_streams_per_worker
+    measured = cs.spec.autoscaling.streams_per_pod
+    return min(admitted, measured or server.workers_per_pod * STREAMS_PER_WORKER_DEFAULT)
+
+
+def streams_per_pod_target(cs: ChatService) -> int:
+    percent = cs.spec.autoscaling.target_utilization_percent
+    return max(1, pod_capacity(cs) * percent // 100)
+
+
+def ttft_target_seconds(cs: ChatService) -> str:
+    """The TTFT target as a Kubernetes quantity in seconds: 500 ms is "500m"."""
+    return f"{cs.spec.latency_targets.ttft_p95_ms}m"
+
+
+def behavior(cs: ChatService) -> dict[str, Any]:
+    return {
+        # Up at once: a latency target is missed seconds after a burst, and a pod takes
+        # tens of seconds to start.
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 15},
+                {"type": "Pods", "value": 4, "periodSeconds": 15},
+            ],
+        },
+        # Down slowly: only to the highest recommendation of the window, and 10% a minute
+        # (the HPA rounds that to at least one pod): each removed pod drains its streams.
+        "scaleDown": {
+            "stabilizationWindowSeconds": cs.spec.autoscaling.scale_down_stabilization_seconds,
+            "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+        },
+    }
+
+
+def _pods_metric(name: str, average: str) -> dict[str, Any]:
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": name},
+            "target": {"type": "AverageValue", "averageValue": average},
+        },
+    }
+
+
+def horizontal_pod_autoscaler(cs: ChatService) -> dict[str, Any]:
+    scaling = cs.spec.autoscaling
+    metrics = [_pods_metric(ACTIVE_STREAMS, str(streams_per_pod_target(cs)))]
+    if scaling.scale_on_latency:
+        metrics.append(_pods_metric(TTFT_P95, ttft_target_seconds(cs)))
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(cs, cs.name, "chat"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": cs.name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": metrics,
+            "behavior": behavior(cs),
+        },
+    }
+
+
+# -- PromQL: one place for the queries KEDA, the status reader and the docs use -------------
+
+
+def matchers(namespace: str, name: str) -> str:
+    """The series of one ChatService's pods, as labelled by the chart's PodMonitor."""
+    return f'namespace="{namespace}",chatservice="{name}"'
+
+
+def quantile_query(histogram: str, selector: str, window: str, by: str = "") -> str:
+    group = ", ".join(part for part in (by, "le") if part)
+    return (
+        f"histogram_quantile(0.95, sum by ({group}) "
+        f"(rate({histogram}_bucket{{{selector}}}[{window}])))"
+    )
+
+
+def ttft_p95_query(selector: str, window: str, by: str = "") -> str:
+    return quantile_query("rillet_time_to_first_token_seconds", selector, window, by)
+
+
+def inter_token_p95_query(selector: str, window: str, by: str = "") -> str:
+    return quantile_query("rillet_inter_token_latency_seconds", selector, window, by)
+
+
+def scaled_object(cs: ChatService, prometheus_url: str) -> dict[str, Any]:
+    """The same two rules as the HPA, for KEDA: the Prometheus queries are per ChatService,
+    so active streams are summed and divided by KEDA (AverageValue) and TTFT is compared
+    as is (Value)."""
+    scaling = cs.spec.autoscaling
+    selector = matchers(cs.namespace, cs.name)
+    triggers: list[dict[str, Any]] = [
+        {
+            "type": "prometheus",
+            "name": "active-streams",
+            "metricType": "AverageValue",
+            "metadata": {
+                "serverAddress": prometheus_url,
+                "query": f"sum({ACTIVE_STREAMS}{{{selector}}})",
+                "threshold": str(streams_per_pod_target(cs)),
+                "ignoreNullValues": "true",
+            },
+        }
+    ]
+    if scaling.scale_on_latency:
+        triggers.append(
+            {
+                "type": "prometheus",
+                "name": "ttft-p95",
+                "metricType": "Value",
+                "metadata": {
+                    "serverAddress": prometheus_url,
+                    # No traffic gives no sample: 0, not an error that blocks scaling in.
+                    "query": f"{ttft_p95_query(selector, LATENCY_WINDOW)} or vector(0)",
+                    "threshold": str(cs.spec.latency_targets.ttft_p95_ms / 1000),
+                    "ignoreNullValues": "true",
+                },
+            }
+        )
+    return {
+        "apiVersion": KEDA_API_VERSION,
+        "kind": "ScaledObject",
+        "metadata": metadata(cs, cs.name, "chat"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": cs.name},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "pollingInterval": 15,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(cs)}},
+            "triggers": triggers,
+        },
+    }
+
+
+def autoscaler(cs: ChatService, prometheus_url: str | None) -> dict[str, Any] | None:
+    """The autoscaler child, or None: a fixed replica count, or KEDA without Prometheus
+    (reported in status rather than half-built)."""
+    if cs.spec.replicas is not None:
+        return None
+    if cs.spec.autoscaling.engine == "keda":
+        return scaled_object(cs, prometheus_url) if prometheus_url else None
+    return horizontal_pod_autoscaler(cs)

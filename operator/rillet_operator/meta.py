@@ -1,0 +1,71 @@
+"""What every child shares: the ChatService as the builders see it, its labels, and the
+owner reference that makes deleting it garbage-collect the children."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rillet_operator.spec import GROUP, KIND, VERSION, ChatServiceSpec
+
+MANAGER = "rillet-operator"
+SERVICE_PORT = 80
+
+
+@dataclass(frozen=True)
+class ChatService:
+    """What the builders need of a ChatService object."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: ChatServiceSpec
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ChatService:
+        meta = body["metadata"]
+        return cls(
+            meta["name"],
+            meta["namespace"],
+            meta["uid"],
+            ChatServiceSpec.model_validate(body.get("spec") or {}),
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.name}.{self.namespace}.svc:{SERVICE_PORT}"
+
+
+def labels(cs: ChatService, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "rillet",
+        "app.kubernetes.io/instance": cs.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGER,
+    }
+
+
+def selector(cs: ChatService, component: str = "chat") -> dict[str, str]:
+    return {k: v for k, v in labels(cs, component).items() if k != "app.kubernetes.io/managed-by"}
+
+
+def selector_string(cs: ChatService) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(cs).items())
+
+
+def metadata(cs: ChatService, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": cs.namespace,
+        "labels": labels(cs, component),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": cs.name,
+                "uid": cs.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }

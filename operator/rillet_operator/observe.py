@@ -1,0 +1,59 @@
+"""Side effect: read every ChatService's observed latency from Prometheus' HTTP API.
+
+Two instant queries per round cover all ChatServices (grouped by namespace and
+chatservice, the labels the chart's PodMonitor sets), so the cost does not grow with the
+number of ChatServices."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+
+from rillet_operator.autoscaling import STATUS_WINDOW, inter_token_p95_query, ttft_p95_query
+from rillet_operator.status import LatencyReading
+
+Key = tuple[str, str]
+GROUP_BY = "namespace, chatservice"
+SELECTOR = 'chatservice!=""'
+
+
+def _milliseconds_by_chat_service(payload: dict[str, Any]) -> dict[Key, float]:
+    if payload.get("status") != "success":
+        raise ValueError(payload.get("error") or "Prometheus answered without success")
+    found: dict[Key, float] = {}
+    for sample in payload["data"]["result"]:
+        labels, (_, value) = sample["metric"], sample["value"]
+        seconds = float(value)
+        if math.isfinite(seconds):  # NaN: buckets exist but no stream in the window
+            found[labels.get("namespace", ""), labels.get("chatservice", "")] = seconds * 1000
+    return found
+
+
+def readings(ttft: dict[Key, float], inter_token: dict[Key, float]) -> dict[Key, LatencyReading]:
+    return {
+        key: LatencyReading(ttft_p95_ms=ttft.get(key), inter_token_p95_ms=inter_token.get(key))
+        for key in ttft.keys() | inter_token.keys()
+    }
+
+
+class PrometheusReader:
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout)
+
+    async def _query(self, promql: str) -> dict[Key, float]:
+        response = await self._http.get("/api/v1/query", params={"query": promql})
+        if response.status_code >= 500:
+            response.raise_for_status()
+        return _milliseconds_by_chat_service(response.json())
+
+    async def latency(self) -> dict[Key, LatencyReading]:
+        """Every ChatService with samples in the window; raises when Prometheus cannot answer."""
+        ttft = await self._query(ttft_p95_query(SELECTOR, STATUS_WINDOW, GROUP_BY))
+        inter_token = await self._query(inter_token_p95_query(SELECTOR, STATUS_WINDOW, GROUP_BY))
+        return readings(ttft, inter_token)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

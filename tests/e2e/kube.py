@@ -1,0 +1,59 @@
+"""What the e2e tests share: waiting on a real cluster and reading ChatServices back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testcluster import TestCluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+GROUP = "rillet.dev"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
+    """Poll until `check` returns something truthy (functional deadline, not a speed test)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    found = [c for c in body.get("status", {}).get("conditions", []) if c["type"] == kind]
+    return found[0] if found else {}
+
+
+def wait_ready(cluster: TestCluster, namespace: str, name: str, timeout: int = 180) -> None:
+    cluster.kubectl(
+        "wait",
+        "-n",
+        namespace,
+        f"chatservice/{name}",
+        "--for=condition=Ready",
+        f"--timeout={timeout}s",
+        timeout=timeout + 30,
+    )
+
+
+def chat_service(cluster: TestCluster, namespace: str, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = cluster.get_json("-n", namespace, "chatservice", name)
+    return body
+
+
+def manifest(name: str, **spec: Any) -> str:
+    return json.dumps(
+        {
+            "apiVersion": f"{GROUP}/v1alpha1",
+            "kind": "ChatService",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
