@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rillet_operator.autoscaling import ACTIVE_STREAMS, LATENCY_WINDOW, TTFT_P95
 from testcluster import TestCluster, build
 from testcluster.operator import OperatorProcess
 from tests.e2e.kube import EXAMPLES, condition, wait_ready
@@ -78,6 +79,19 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
         kind, name = document["kind"], document["metadata"]["name"]
         assert done.returncode == 0, f"{kind} {name}: {done.stderr}"
         assert len(name) <= 63
+
+
+def test_adapter_rules_serve_the_metrics_the_hpas_scale_on(bare_cluster: TestCluster) -> None:
+    documents = render(bare_cluster, CHART / "ci" / "autoscaling-values.yaml", "rillet-system")
+    rules_map = next(d for d in documents if d["metadata"]["name"].endswith("-adapter-rules"))
+    rules = yaml.safe_load(rules_map["data"]["config.yaml"])["rules"]
+    assert {rule["name"]["as"] for rule in rules} == {ACTIVE_STREAMS, TTFT_P95}
+    ttft_query = next(r["metricsQuery"] for r in rules if r["name"]["as"] == TTFT_P95)
+    assert f"[{LATENCY_WINDOW}]" in ttft_query
+    operator = next(d for d in documents if d["kind"] == "Deployment")
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RILLET_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring.svc:9090"
 
 
 def deployed_operator(cluster: TestCluster, namespace: str, release: str) -> dict[str, Any]:
