@@ -190,12 +190,28 @@ def bench(
     timeout: Annotated[float, typer.Option(help="seconds one stream may take")] = 300,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="find the highest concurrency that meets the targets (point URL at one pod): "
+            "the ChatService's autoscaling.streamsPerPod",
+        ),
+    ] = False,
+    ttft_p95_ms: Annotated[float, typer.Option(help="--calibrate: TTFT target", min=1)] = 1000,
+    itl_p95_ms: Annotated[float, typer.Option(help="--calibrate: inter-token target", min=1)] = 100,
+    max_concurrency: Annotated[int, typer.Option(help="--calibrate: stop here", min=1)] = 1024,
+    step_seconds: Annotated[
+        float, typer.Option(help="--calibrate: seconds of load per step", min=1)
+    ] = 20,
 ) -> None:
     """Load a running endpoint with concurrent SSE streams; report TTFT, inter-token
-    latency, tokens/s and errors."""
+    latency, tokens/s and errors. With --calibrate, step the concurrency up to the highest
+    that meets the latency targets."""
     import asyncio
     import json
 
+    from rillet_runtime.bench import calibrate as calibration
     from rillet_runtime.bench import loadgen
 
     if api not in loadgen.APIS:
@@ -220,6 +236,32 @@ def bench(
             raise typer.BadParameter(str(exc), param_hint="--prompts") from None
         if not lines:
             raise typer.BadParameter("the file has no prompts", param_hint="--prompts")
+
+    if calibrate:
+        targets = calibration.Targets(ttft_p95_ms, itl_p95_ms)
+
+        async def run_step(streams: int) -> list[loadgen.StreamResult]:
+            step = loadgen.LoadPlan(streams, 1.0, step_seconds, None, timeout)
+            return (await _bench(url, loadgen.APIS[api], step, lines, model))[0]
+
+        def on_step(step: calibration.Step) -> None:
+            typer.echo(calibration.describe(step, targets))
+
+        steps = asyncio.run(
+            calibration.calibrate(run_step, targets, concurrency, max_concurrency, on_step)
+        )
+        found = calibration.report(steps, targets)
+        if out is not None:
+            out.write_text(json.dumps({"url": url, "api": api, **found}, indent=2))
+        if found["streams_per_pod"] is None:
+            typer.echo("no concurrency met the targets (not even 1 stream)", err=True)
+            raise typer.Exit(1)
+        typer.echo(
+            f"streamsPerPod: {found['streams_per_pod']}\n"
+            "kubectl patch chat NAME --type merge -p "
+            f'\'{{"spec":{{"autoscaling":{{"streamsPerPod":{found["streams_per_pod"]}}}}}}}\''
+        )
+        return
 
     results = asyncio.run(_bench(url, loadgen.APIS[api], plan, lines, model))
     summary = loadgen.summarize(*results)

@@ -85,6 +85,34 @@ def test_bench_drives_the_fake_model_directly(fake: FakeLLM, tmp_path: Path) -> 
     assert result["tokens"] == 400 * 20
 
 
+def test_calibrate_stops_at_the_ceiling_when_every_step_meets_the_targets(
+    server: Process, tmp_path: Path
+) -> None:
+    out = tmp_path / "calibration.json"
+    args = ["--calibrate", "-c", "2", "--max-concurrency", "8", "--step-seconds", "1"]
+    done = bench(server.url, *args, "--ttft-p95-ms", "60000", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "streamsPerPod: 8" in done.stdout
+    assert '"streamsPerPod":8' in done.stdout  # the kubectl patch to paste
+    result = json.loads(out.read_text())
+    assert [s["concurrency"] for s in result["steps"]] == [2, 4, 8]
+    assert result["streams_per_pod"] == 8
+
+
+def test_calibrate_fails_when_no_concurrency_meets_the_targets(
+    server: Process, tmp_path: Path
+) -> None:
+    """The fake model takes 50 ms to its first token: a 10 ms TTFT target is out of reach."""
+    out = tmp_path / "calibration.json"
+    args = ["--calibrate", "-c", "4", "--step-seconds", "1", "--ttft-p95-ms", "10"]
+    done = bench(server.url, *args, "--out", str(out))
+    assert done.returncode == 1
+    assert "no concurrency met the targets" in done.stderr
+    result = json.loads(out.read_text())
+    assert [s["concurrency"] for s in result["steps"]] == [4, 2, 1]
+    assert result["streams_per_pod"] is None
+
+
 def test_errors_are_counted_not_hidden(server: Process) -> None:
     done = bench(server.url, "--api", "langgraph", "-n", "3")  # no such route on Rillet
     assert done.returncode == 0
