@@ -25,10 +25,11 @@ from testcluster.cluster import TestCluster
 GROUP_VERSION = "custom.metrics.k8s.io/v1beta2"
 METRICS = ("rillet_active_streams", "rillet_time_to_first_token_p95_seconds")
 SERVICE = ("kube-system", "rillet-test-metrics")
-# The operator's status queries, told apart by the histogram they read.
-PROMQL_HISTOGRAMS = {
+# The operator's queries, told apart by the series they read.
+PROMQL_SERIES = {
     "rillet_time_to_first_token_seconds": "ttft",
     "rillet_inter_token_latency_seconds": "inter_token",
+    "rillet_active_streams": "streams_per_pod",
 }
 POD_METRIC_PATH = re.compile(
     rf"^/apis/{re.escape(GROUP_VERSION)}/namespaces/([^/]+)/pods/([^/]+)/([^/]+)$"
@@ -41,7 +42,7 @@ class MetricsAdapter:
     Only namespaces with a value set are answered (others get no items, as with no
     adapter). `spread(ns, chat_service, metric, total)` splits a total evenly over the pods (active
     streams), `each(ns, chat_service, metric, value)` gives every pod the value (TTFT p95),
-    `latency(ns, chat_service, ttft_seconds, inter_token_seconds)` feeds Prometheus."""
+    `latency(ns, chat_service, ...)` feeds the Prometheus API."""
 
     cluster: TestCluster
     totals: dict[tuple[str, str, str], float] = field(default_factory=dict)
@@ -57,11 +58,17 @@ class MetricsAdapter:
         self.per_pod[namespace, chat_service, metric] = value
 
     def latency(
-        self, namespace: str, chat_service: str, ttft_seconds: float, inter_token_seconds: float
+        self,
+        namespace: str,
+        chat_service: str,
+        ttft_seconds: float,
+        inter_token_seconds: float,
+        streams_per_pod: float = 0.0,
     ) -> None:
         self.latencies[namespace, chat_service] = {
             "ttft": ttft_seconds,
             "inter_token": inter_token_seconds,
+            "streams_per_pod": streams_per_pod,
         }
 
     # -- serving ---------------------------------------------------------------------------
@@ -218,7 +225,7 @@ class MetricsAdapter:
         if url.path != "/api/v1/query":
             return 404, {"status": "error", "error": "not found"}
         query = parse_qs(url.query).get("query", [""])[0]
-        kind = next((k for name, k in PROMQL_HISTOGRAMS.items() if name in query), None)
+        kind = next((k for name, k in PROMQL_SERIES.items() if name in query), None)
         if kind is None:
             return 400, {"status": "error", "errorType": "bad_data", "error": "unknown query"}
         result = [

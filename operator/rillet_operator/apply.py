@@ -8,7 +8,7 @@ import asyncio
 import base64
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,8 +114,12 @@ async def reconcile(
     body: dict[str, Any],
     prometheus_url: str | None = None,
     latency: LatencyReading | None = None,
+    adapted: tuple[int, int] | None = None,
 ) -> Outcome:
+    """`adapted`: a (target, adapted from) the operator chose since status was written."""
     cs = ChatService.from_body(body)
+    if adapted:
+        cs = replace(cs, adapted_target=adapted[0], adapted_from=adapted[1])
     managed_redis = bool(cs.spec.redis and cs.spec.redis.managed)
     password = await redis_password(client, cs) if managed_redis else None
     outcome = Outcome()
@@ -173,6 +177,34 @@ async def reconcile(
             patch_type=PatchType.MERGE,
         )
     return outcome
+
+
+async def post_event(client: AsyncClient, body: dict[str, Any], reason: str, message: str) -> None:
+    """A Normal Event on the ChatService, for `kubectl describe`. Posted directly rather than
+    through kopf, whose posting only works inside its handlers, not in the operator's own
+    loops (resync, latency)."""
+    meta = body["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Normal",
+        "source": {"component": MANAGER},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    await client.create(codecs.from_dict(event))
 
 
 def namespace_terminating(exc: ApiError) -> bool:

@@ -32,9 +32,75 @@ def pod_capacity(cs: ChatService) -> int:
     return min(admitted, measured or server.workers_per_pod * STREAMS_PER_WORKER_DEFAULT)
 
 
-def streams_per_pod_target(cs: ChatService) -> int:
+def configured_target(cs: ChatService) -> int:
     percent = cs.spec.autoscaling.target_utilization_percent
     return max(1, pod_capacity(cs) * percent // 100)
+
+
+def target_bounds(cs: ChatService) -> tuple[int, int]:
+    """How far adaptation may move the target: half to 1.2x the pod's capacity."""
+    capacity = pod_capacity(cs)
+    return max(1, capacity // 2), max(1, capacity * 6 // 5)
+
+
+def streams_per_pod_target(cs: ChatService) -> int:
+    """What the autoscaler aims at: the adapted target when there is one in bounds."""
+    return current_adaptation(cs) or configured_target(cs)
+
+
+def current_adaptation(cs: ChatService) -> int | None:
+    """The adapted target, if it still applies to this spec."""
+    adapted, low, high = cs.adapted_target, *target_bounds(cs)
+    if not cs.spec.autoscaling.adapt_capacity or adapted is None:
+        return None
+    if cs.adapted_from != configured_target(cs) or not low <= adapted <= high:
+        return None
+    return adapted
+
+
+def autoscaling_status(cs: ChatService) -> dict[str, int] | None:
+    adapted = current_adaptation(cs)
+    if adapted is None or cs.spec.replicas is not None:
+        return None
+    return {"streamsPerPodTarget": adapted, "adaptedFrom": configured_target(cs)}
+
+
+# Adaptation: additive-increase would be too slow for a day's swing, so both ways are
+# multiplicative; down fast (a missed target costs users), up slowly and only on evidence
+# (pods were actually loaded near the target while latency stayed well under it).
+ADAPT_SECONDS = 300
+TOO_SLOW, FAST_ENOUGH = 0.9, 0.75  # of the TTFT target (chosen by the simulation)
+LOADED = 0.85  # of the current target, streams per pod, for evidence
+
+
+def adapted_target(
+    cs: ChatService, ttft_p95_ms: float | None, streams_per_pod: float | None
+) -> tuple[int, str] | None:
+    """The next target and why, or None to keep it. Pure: the operator calls it every
+    ADAPT_SECONDS with what Prometheus saw over that window."""
+    if cs.spec.replicas is not None or not cs.spec.autoscaling.adapt_capacity:
+        return None  # no autoscaler, or adaptation off
+    if ttft_p95_ms is None:
+        return None
+    current = streams_per_pod_target(cs)
+    low, high = target_bounds(cs)
+    target_ms = cs.spec.latency_targets.ttft_p95_ms
+    if ttft_p95_ms > TOO_SLOW * target_ms:
+        new = max(low, int(current * 0.9))
+        why = f"TTFT p95 {ttft_p95_ms:.0f} ms is over {TOO_SLOW:.0%} of the {target_ms} ms target"
+    elif (
+        ttft_p95_ms < FAST_ENOUGH * target_ms
+        and streams_per_pod is not None
+        and streams_per_pod >= LOADED * current
+    ):
+        new = min(high, max(current + 1, int(current * 1.05)))
+        why = (
+            f"TTFT p95 {ttft_p95_ms:.0f} ms at {streams_per_pod:.0f} streams per pod is under "
+            f"{FAST_ENOUGH:.0%} of the {target_ms} ms target"
+        )
+    else:
+        return None
+    return (new, why) if new != current else None
 
 
 def ttft_target_seconds(cs: ChatService) -> str:
@@ -114,6 +180,10 @@ def ttft_p95_query(selector: str, window: str, by: str = "") -> str:
 
 def inter_token_p95_query(selector: str, window: str, by: str = "") -> str:
     return quantile_query("rillet_inter_token_latency_seconds", selector, window, by)
+
+
+def streams_per_pod_query(selector: str, window: str, by: str) -> str:
+    return f"avg by ({by}) (avg_over_time({ACTIVE_STREAMS}{{{selector}}}[{window}]))"
 
 
 def scaled_object(cs: ChatService, prometheus_url: str) -> dict[str, Any]:

@@ -7,21 +7,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from dataclasses import replace
+from typing import Any
 
 import httpx
 import kopf
 from lightkube import ApiError, AsyncClient
 from prometheus_client import Counter, Gauge, Histogram
 
+from rillet_operator import autoscaling
 from rillet_operator.apply import (
     namespace_terminating,
+    post_event,
     read_chat_service,
     reconcile,
     wait_for_chat_service_api,
 )
-from rillet_operator.meta import MANAGER
+from rillet_operator.autoscaling import adapted_target, configured_target, streams_per_pod_target
+from rillet_operator.meta import MANAGER, ChatService
 from rillet_operator.observe import PrometheusReader
 from rillet_operator.spec import GROUP, PLURAL, VERSION
 from rillet_operator.status import LatencyReading
@@ -41,6 +46,7 @@ OURS = {"app.kubernetes.io/managed-by": MANAGER}
 SELECTOR = ",".join(f"{key}={value}" for key, value in OURS.items())
 RESYNC_SECONDS = 300
 OBSERVE_SECONDS = float(os.environ.get("RILLET_OBSERVE_SECONDS", "30"))
+ADAPT_SECONDS = float(os.environ.get("RILLET_ADAPT_SECONDS", str(autoscaling.ADAPT_SECONDS)))
 
 Key = tuple[str, str]
 
@@ -101,6 +107,8 @@ class Operator:
         self.known: set[Key] = set()  # every ChatService seen, for the periodic resync
         self.latency: dict[Key, LatencyReading] = {}
         self.latency_error: str | None = "not read yet"
+        self.adapted: dict[Key, tuple[int, int]] = {}  # (target, adapted from), until in status
+        self.adapt_due: dict[Key, float] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
@@ -126,9 +134,42 @@ class Operator:
                 self.latency_error = f"{prometheus.url}: {exc or type(exc).__name__}"
                 log.warning("reading latency from Prometheus failed: %s", self.latency_error)
             for key in sorted(self.known):
-                if self.reading(key) != before.get(key):
+                try:
+                    adapted = await self._adapt_if_due(key)
+                except Exception:  # one ChatService must not stop the loop; the next round retries
+                    log.exception("adapting %s/%s failed", *key)
+                    adapted = False
+                if adapted or self.reading(key) != before.get(key):
                     self.coalescer.request(*key)
             await asyncio.sleep(OBSERVE_SECONDS)
+
+    async def _adapt_if_due(self, key: Key) -> bool:
+        """Every ADAPT_SECONDS per ChatService: move its streams-per-pod target by what
+        Prometheus saw over the window (autoscaling.adapted_target), with an Event."""
+        now = time.monotonic()
+        due = self.adapt_due.setdefault(key, now + ADAPT_SECONDS)
+        reading = self.reading(key)
+        if now < due or reading is None or reading.error:
+            return False
+        self.adapt_due[key] = now + ADAPT_SECONDS
+        body = await read_chat_service(self.client, *key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return False
+        cs = self._with_adaptation(ChatService.from_body(body), key)
+        change = adapted_target(cs, reading.ttft_p95_ms, reading.streams_per_pod)
+        if change is None:
+            return False
+        target, why = change
+        self.adapted[key] = (target, configured_target(cs))
+        message = f"streams per pod target {streams_per_pod_target(cs)} -> {target}: {why}"
+        await post_event(self.client, body, "CapacityAdapted", message)
+        return True
+
+    def _with_adaptation(self, cs: ChatService, key: Key) -> ChatService:
+        if key not in self.adapted:
+            return cs
+        target, adapted_from = self.adapted[key]
+        return replace(cs, adapted_target=target, adapted_from=adapted_from)
 
     def reading(self, key: Key) -> LatencyReading | None:
         if self.prometheus is None:
@@ -159,6 +200,7 @@ class Operator:
                 body,
                 prometheus_url=self.prometheus.url if self.prometheus else None,
                 latency=self.reading((namespace, name)),
+                adapted=self.adapted.get((namespace, name)),
             )
         except ApiError as exc:
             if not namespace_terminating(exc):
@@ -171,11 +213,7 @@ class Operator:
             ("Deleted", outcome.deleted),
         ):
             if items:
-                kopf.info(
-                    cast(kopf.Body, body),
-                    reason=verb,
-                    message=f"{verb.lower()} " + ", ".join(items),
-                )
+                await post_event(self.client, body, verb, f"{verb.lower()} " + ", ".join(items))
         return "changed" if outcome.created or outcome.updated or outcome.deleted else "unchanged"
 
 

@@ -20,15 +20,22 @@ class ChatService:
     namespace: str
     uid: str
     spec: ChatServiceSpec
+    # Streams per pod as adapted from observed latency, and the configured target it was
+    # adapted from (a changed spec starts adaptation over).
+    adapted_target: int | None = None
+    adapted_from: int | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ChatService:
         meta = body["metadata"]
+        scaling = (body.get("status") or {}).get("autoscaling") or {}
         return cls(
             meta["name"],
             meta["namespace"],
             meta["uid"],
             ChatServiceSpec.model_validate(body.get("spec") or {}),
+            scaling.get("streamsPerPodTarget"),
+            scaling.get("adaptedFrom"),
         )
 
     @property

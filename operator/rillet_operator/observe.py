@@ -11,7 +11,12 @@ from typing import Any
 
 import httpx
 
-from rillet_operator.autoscaling import STATUS_WINDOW, inter_token_p95_query, ttft_p95_query
+from rillet_operator.autoscaling import (
+    STATUS_WINDOW,
+    inter_token_p95_query,
+    streams_per_pod_query,
+    ttft_p95_query,
+)
 from rillet_operator.status import LatencyReading
 
 Key = tuple[str, str]
@@ -19,21 +24,27 @@ GROUP_BY = "namespace, chatservice"
 SELECTOR = 'chatservice!=""'
 
 
-def _milliseconds_by_chat_service(payload: dict[str, Any]) -> dict[Key, float]:
+def _by_chat_service(payload: dict[str, Any], scale: float = 1000.0) -> dict[Key, float]:
     if payload.get("status") != "success":
         raise ValueError(payload.get("error") or "Prometheus answered without success")
     found: dict[Key, float] = {}
     for sample in payload["data"]["result"]:
         labels, (_, value) = sample["metric"], sample["value"]
-        seconds = float(value)
-        if math.isfinite(seconds):  # NaN: buckets exist but no stream in the window
-            found[labels.get("namespace", ""), labels.get("chatservice", "")] = seconds * 1000
+        number = float(value)
+        if math.isfinite(number):  # NaN: buckets exist but no stream in the window
+            found[labels.get("namespace", ""), labels.get("chatservice", "")] = number * scale
     return found
 
 
-def readings(ttft: dict[Key, float], inter_token: dict[Key, float]) -> dict[Key, LatencyReading]:
+def readings(
+    ttft: dict[Key, float], inter_token: dict[Key, float], streams: dict[Key, float]
+) -> dict[Key, LatencyReading]:
     return {
-        key: LatencyReading(ttft_p95_ms=ttft.get(key), inter_token_p95_ms=inter_token.get(key))
+        key: LatencyReading(
+            ttft_p95_ms=ttft.get(key),
+            inter_token_p95_ms=inter_token.get(key),
+            streams_per_pod=streams.get(key),
+        )
         for key in ttft.keys() | inter_token.keys()
     }
 
@@ -43,17 +54,18 @@ class PrometheusReader:
         self.url = url
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout)
 
-    async def _query(self, promql: str) -> dict[Key, float]:
+    async def _query(self, promql: str, scale: float = 1000.0) -> dict[Key, float]:
         response = await self._http.get("/api/v1/query", params={"query": promql})
         if response.status_code >= 500:
             response.raise_for_status()
-        return _milliseconds_by_chat_service(response.json())
+        return _by_chat_service(response.json(), scale)
 
     async def latency(self) -> dict[Key, LatencyReading]:
         """Every ChatService with samples in the window; raises when Prometheus cannot answer."""
         ttft = await self._query(ttft_p95_query(SELECTOR, STATUS_WINDOW, GROUP_BY))
         inter_token = await self._query(inter_token_p95_query(SELECTOR, STATUS_WINDOW, GROUP_BY))
-        return readings(ttft, inter_token)
+        streams = await self._query(streams_per_pod_query(SELECTOR, STATUS_WINDOW, GROUP_BY), 1)
+        return readings(ttft, inter_token, streams)
 
     async def aclose(self) -> None:
         await self._http.aclose()

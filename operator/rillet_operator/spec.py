@@ -254,10 +254,16 @@ class AutoscalingSpec(Model):
         description="scale out when active streams per pod reach this share of streamsPerPod; "
         "the rest absorbs arrivals while new pods start",
     )
-    scale_on_latency: bool = Field(
+    adapt_capacity: bool = Field(
         True,
-        description="also scale out when a pod's TTFT p95 exceeds latencyTargets.ttftP95Ms; "
-        "turn off when the model's own TTFT dominates and more pods cannot help",
+        description="move the streams-per-pod target (50-120% of streamsPerPod) from the "
+        "observed TTFT p95, every 5 minutes, with an Event per change; needs the operator's "
+        "--prometheus-url",
+    )
+    scale_on_latency: bool = Field(
+        False,
+        description="also scale out in proportion to a pod's TTFT p95 over the target: reacts "
+        "to what the streams target misses, but lags and overshoots (docs/autoscaling.md)",
     )
     scale_down_stabilization_seconds: int = Field(
         300,
@@ -305,6 +311,15 @@ class ObservedLatency(Model):
     window: str | None = Field(None, description="the PromQL range the figures cover")
 
 
+class AutoscalingStatus(Model):
+    streams_per_pod_target: int | None = Field(
+        None, description="what the autoscaler aims at, once adapted from observed latency"
+    )
+    adapted_from: int | None = Field(
+        None, description="the configured target it was adapted from; a new one starts over"
+    )
+
+
 class ChatServiceStatus(Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(
@@ -316,6 +331,7 @@ class ChatServiceStatus(Model):
     selector: str | None = Field(None, description="for the scale subresource")
     endpoint: str | None = Field(None, description="the in-cluster URL of the chat API")
     observed_latency: ObservedLatency | None = None
+    autoscaling: AutoscalingStatus | None = None
 
 
 def parse_spec(spec: dict[str, Any]) -> ChatServiceSpec:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rillet_operator.autoscaling import STATUS_WINDOW
+from rillet_operator.autoscaling import STATUS_WINDOW, autoscaling_status
 from rillet_operator.meta import ChatService, selector_string
 
 Condition = dict[str, Any]
@@ -19,6 +19,7 @@ class LatencyReading:
 
     ttft_p95_ms: float | None = None
     inter_token_p95_ms: float | None = None
+    streams_per_pod: float | None = None
     error: str | None = None
 
 
@@ -223,4 +224,5 @@ def compute_status(
         "selector": selector_string(cs),
         "endpoint": cs.endpoint,
         "observedLatency": observed_latency(observed),
+        "autoscaling": autoscaling_status(cs),
     }

@@ -34,7 +34,11 @@ def metrics(cluster: TestCluster) -> Iterator[MetricsAdapter]:
 
 @pytest.fixture(scope="session")
 def operator_process(cluster: TestCluster, metrics: MetricsAdapter) -> Iterator[OperatorProcess]:
-    env = {"RILLET_PROMETHEUS_URL": metrics.prometheus_url, "RILLET_OBSERVE_SECONDS": "1"}
+    env = {
+        "RILLET_PROMETHEUS_URL": metrics.prometheus_url,
+        "RILLET_OBSERVE_SECONDS": "1",
+        "RILLET_ADAPT_SECONDS": "2",
+    }
     process = OperatorProcess(cluster, cluster.logs / "operator.log", env=env)
     yield process
     process.stop()

@@ -46,7 +46,8 @@ def test_the_hpa_scales_out_on_streams_and_on_latency_and_back_in(
 ) -> None:
     metrics.spread(namespace, "chat", ACTIVE_STREAMS, 0)
     metrics.each(namespace, "chat", TTFT_P95, 0.1)
-    spec = {"autoscaling": SCALING, "latencyTargets": {"ttftP95Ms": 1000}}
+    scaling = {**SCALING, "scaleOnLatency": True}
+    spec = {"autoscaling": scaling, "latencyTargets": {"ttftP95Ms": 1000}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("chat", **spec))
     wait_ready(cluster, namespace, "chat")
     wait_replicas(cluster, namespace, 1)
@@ -109,6 +110,41 @@ def test_status_compares_observed_latency_with_the_targets(
     assert "TTFT p95 750 ms > 500 ms" in missed["message"]
 
 
+def hpa_streams_target(cluster: TestCluster, namespace: str) -> int:
+    metrics = cluster.get_json("-n", namespace, "hpa", "chat")["spec"]["metrics"]
+    streams = next(m for m in metrics if m["pods"]["metric"]["name"] == ACTIVE_STREAMS)
+    return int(streams["pods"]["target"]["averageValue"])
+
+
+def test_the_streams_target_adapts_to_observed_latency_with_events(
+    cluster: TestCluster, namespace: str, metrics: MetricsAdapter
+) -> None:
+    """The operator here adapts every 2 s (RILLET_ADAPT_SECONDS), not every 5 minutes."""
+    spec = {"autoscaling": SCALING, "latencyTargets": {"ttftP95Ms": 500}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("chat", **spec))
+    wait_ready(cluster, namespace, "chat")
+    assert hpa_streams_target(cluster, namespace) == 8  # 80% of 10
+
+    # TTFT p95 over 90% of the target: the target steps down, to half the capacity at most.
+    metrics.latency(namespace, "chat", ttft_seconds=0.48, inter_token_seconds=0.02)
+    wait_for("the floor of 5 streams per pod", lambda: hpa_streams_target(cluster, namespace) == 5)
+    status = chat_service(cluster, namespace, "chat")["status"]["autoscaling"]
+    assert status == {"streamsPerPodTarget": 5, "adaptedFrom": 8}
+    events = cluster.get_json("-n", namespace, "events")["items"]
+    adapted = [e["message"] for e in events if e["reason"] == "CapacityAdapted"]
+    assert any("8 -> 7: TTFT p95 480 ms" in message for message in adapted), adapted
+
+    # Fast while the pods carry their target: it steps up again.
+    metrics.latency(namespace, "chat", 0.2, 0.02, streams_per_pod=5)
+    wait_for("a higher target", lambda: hpa_streams_target(cluster, namespace) > 5)
+
+    # A new configured target starts over from the spec.
+    spec["autoscaling"] = {**SCALING, "targetUtilizationPercent": 50}
+    metrics.latency(namespace, "chat", 0.4, 0.02, streams_per_pod=1)  # neither way
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("chat", **spec))
+    wait_for("the configured 5", lambda: hpa_streams_target(cluster, namespace) == 5)
+
+
 def test_keda_is_reported_missing_then_used_once_installed(
     cluster: TestCluster, namespace: str, metrics: MetricsAdapter
 ) -> None:
@@ -142,7 +178,7 @@ def test_keda_is_reported_missing_then_used_once_installed(
     )
     assert '"minReplicaCount": 2' in scaled
     assert metrics.prometheus_url in scaled
-    assert '"name": "ttft-p95"' in scaled
+    assert '"name": "active-streams"' in scaled
     wait_for(
         "Degraded=False",
         lambda: (

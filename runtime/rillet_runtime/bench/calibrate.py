@@ -8,12 +8,11 @@ pure function of the steps measured so far, so it is tested without a server.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rillet_runtime.bench.loadgen import StreamResult
+from rillet_runtime.bench.loadgen import StreamResult, percentiles
 
 MAX_ERROR_RATE = 0.01  # a step with more failed streams than this does not hold
 
@@ -43,22 +42,14 @@ class Step:
         return self.ttft_p95_ms <= targets.ttft_p95_ms and itl_ok
 
 
-def p95_ms(values: Sequence[float]) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0] * 1000
-    return statistics.quantiles(values, n=20, method="inclusive")[18] * 1000
-
-
 def measure(concurrency: int, results: Sequence[StreamResult]) -> Step:
     ok = [r for r in results if r.error is None]
     return Step(
         concurrency=concurrency,
         streams=len(results),
         errors=len(results) - len(ok),
-        ttft_p95_ms=p95_ms([r.ttft for r in ok if r.ttft is not None]),
-        inter_token_p95_ms=p95_ms([gap for r in ok for gap in r.gaps]),
+        ttft_p95_ms=percentiles([r.ttft for r in ok if r.ttft is not None])["p95"],
+        inter_token_p95_ms=percentiles([gap for r in ok for gap in r.gaps])["p95"],
     )
 
 
