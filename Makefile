@@ -15,7 +15,7 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server control-plane run cluster operator constraints manifests test test-unit \
-	test-integration test-e2e lint format bench bench-operator clean
+	test-integration test-e2e lint format bench bench-autoscaling bench-operator clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -100,9 +100,13 @@ bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every ben
 	$(PY) -m rillet_runtime.bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
 	$(PY) -m rillet_runtime.bench.checkpoint --out bench-results
 	$(PY) -m testcluster.bench --out bench-results
+	$(PY) -m rillet_runtime.bench.autoscaling --measure --out bench-results
 
 bench-operator: venv control-plane ## apply-to-Ready and operator memory on the test control plane
 	$(PY) -m testcluster.bench --out bench-results
+
+bench-autoscaling: venv ## measure one pod's curve, then simulate a day against each autoscaling policy
+	$(PY) -m rillet_runtime.bench.autoscaling --measure --out bench-results
 
 clean: ## remove caches in the checkout (the venv cache stays)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache bench-results
