@@ -112,6 +112,8 @@ class Operator:
 
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
+        self.adapted.pop((namespace, name), None)
+        self.adapt_due.pop((namespace, name), None)
         self.coalescer.forget(namespace, name)
 
     async def resync_forever(self) -> None:

@@ -165,7 +165,7 @@ class Hpa:
     min_replicas: int
     max_replicas: int
     recommendations: deque[tuple[int, int]] = field(default_factory=deque)
-    history: deque[tuple[int, int]] = field(default_factory=deque)
+    history: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=16))
     period: int = HPA_PERIOD
 
     def decide(self, seen: Observed, now: int, current: int) -> int:
@@ -188,9 +188,11 @@ class Hpa:
         return desired
 
     def _replicas_at(self, when: int, default: int) -> int:
-        while len(self.history) > 1 and self.history[1][0] <= when:
-            self.history.popleft()
-        return self.history[0][1] if self.history and self.history[0][0] <= when else default
+        """The count decided last at or before `when`: a rate policy's period start."""
+        for decided_at, replicas in reversed(self.history):
+            if decided_at <= when:
+                return replicas
+        return default
 
     def _down_limit(self, now: int, current: int) -> int:
         if self.down_percent_per_minute is None:
