@@ -341,7 +341,26 @@ class TestCluster:
         for path in self.crds:
             self.kubectl("apply", "--server-side", "-f", str(path))
         if self.crds:
-            self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            self.wait_crds_established()
+
+    def wait_crds_established(self, timeout: float = 60) -> None:
+        """Every CRD Established. Polled: `kubectl wait --for=condition=...` fails at once,
+        rather than waiting, on a CRD whose status the API server has not written yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            crds = self.get_json("crd")["items"]
+            established = [
+                any(
+                    c["type"] == "Established" and c["status"] == "True"
+                    for c in crd.get("status", {}).get("conditions") or []
+                )
+                for crd in crds
+            ]
+            if all(established):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CRDs not Established after {timeout} s")
+            time.sleep(0.5)
 
     def _run(self, component: Component) -> None:
         binary = self.bin_dir / component.name

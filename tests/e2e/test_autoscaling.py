@@ -165,7 +165,7 @@ def test_keda_is_reported_missing_then_used_once_installed(
 
     keda_crds = cluster.bin_dir.parent / "crds-keda"
     cluster.kubectl("apply", "--server-side", "-f", str(keda_crds))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh")
+    cluster.wait_crds_established()
     spec["autoscaling"]["minReplicas"] = 2  # any change: the operator reconciles again
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("chat", **spec))
     scaled = wait_for(
