@@ -15,7 +15,7 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server control-plane run cluster operator constraints manifests test test-unit \
-	test-integration test-e2e lint format bench bench-autoscaling bench-operator clean
+	test-integration test-e2e lint format bench bench-autoscaling bench-operator bench-vectors clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -95,6 +95,20 @@ $(LANGGRAPH_VENV)/.installed:
 	$(LANGGRAPH_VENV)/bin/pip install --quiet '$(LANGGRAPH_CLI)' \
 	  --requirement $(LANGGRAPH_VENV)/requirements.txt --constraint constraints.txt
 	touch $@
+
+# The HNSW libraries the embedded vector index may use, measured side by side before one
+# becomes a dependency: their own venv too.
+VECTOR_LIBS := usearch==2.26.6 hnswlib==0.8.0 faiss-cpu==1.15.1 numpy==2.4.6
+VECTOR_VENV := $(CACHE_DIR)/vector-venv-$(shell echo '$(VECTOR_LIBS)' | sha256sum | cut -c1-12)
+
+$(VECTOR_VENV)/.installed:
+	$(PYTHON) -m venv --clear $(VECTOR_VENV)
+	$(VECTOR_VENV)/bin/pip install --quiet $(VECTOR_LIBS)
+	touch $@
+
+bench-vectors: $(VECTOR_VENV)/.installed ## usearch, hnswlib and faiss on 100k and 1M vectors
+	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 100000 --out bench-results/vectors-100k
+	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 1000000 --out bench-results/vectors-1m
 
 bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
 	$(PY) -m rillet_runtime.bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
