@@ -98,7 +98,7 @@ $(LANGGRAPH_VENV)/.installed:
 
 # The HNSW libraries the embedded vector index may use, measured side by side before one
 # becomes a dependency: their own venv too.
-VECTOR_LIBS := usearch==2.26.6 hnswlib==0.8.0 faiss-cpu==1.15.1 numpy==2.4.6
+VECTOR_LIBS := usearch==2.26.6 hnswlib==0.8.0 faiss-cpu==1.15.1 numpy==2.4.6 psutil==7.2.2
 VECTOR_VENV := $(CACHE_DIR)/vector-venv-$(shell echo '$(VECTOR_LIBS)' | sha256sum | cut -c1-12)
 
 $(VECTOR_VENV)/.installed:
@@ -106,9 +106,10 @@ $(VECTOR_VENV)/.installed:
 	$(VECTOR_VENV)/bin/pip install --quiet $(VECTOR_LIBS)
 	touch $@
 
-bench-vectors: $(VECTOR_VENV)/.installed ## usearch, hnswlib and faiss on 100k and 1M vectors
+bench-vectors: $(VECTOR_VENV)/.installed ## usearch, hnswlib and faiss on 100k and 1M vectors; 4 workers' memory
 	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 100000 --out bench-results/vectors-100k
 	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 1000000 --out bench-results/vectors-1m
+	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 100000 --sharing --out bench-results/vectors-100k
 
 bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
 	$(PY) -m rillet_runtime.bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)

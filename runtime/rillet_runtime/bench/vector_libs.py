@@ -143,6 +143,94 @@ def run_usearch_f16(vectors: np.ndarray, queries: np.ndarray, work: Path) -> lis
     return run_usearch(vectors, queries, work, dtype="f16")
 
 
+def _open(library: str, path: str, mapped: bool) -> Search:
+    if library == "faiss":
+        import faiss
+
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP if mapped else 0)
+        index.hnsw.efSearch = 64
+        return lambda q: index.search(q[None, :], K)[1][0]
+    from usearch.index import Index
+
+    viewed = Index.restore(path, view=mapped)
+    viewed.expansion_search = 64
+    return lambda q: viewed.search(q, K).keys
+
+
+def _serve_queries(
+    library: str, path: str, mapped: bool, queries: np.ndarray, ready: Any, stop: Any
+) -> None:
+    """One worker: open the index, answer queries (touching its pages), then hold it."""
+    search = _open(library, path, mapped)
+    for query in queries:
+        search(query)
+    ready.set()
+    stop.wait()
+
+
+def _save(library: str, vectors: np.ndarray, path: str) -> None:
+    if library == "faiss":
+        import faiss
+
+        index = faiss.IndexHNSWFlat(DIMENSIONS, M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = EF_CONSTRUCTION
+        index.add(vectors)
+        faiss.write_index(index, path)
+        return
+    from usearch.index import Index
+
+    built = Index(
+        ndim=DIMENSIONS, metric="cos", dtype="f16", connectivity=M, expansion_add=EF_CONSTRUCTION
+    )
+    built.add(np.arange(len(vectors)), vectors, threads=BUILD_THREADS)
+    built.save(path)
+
+
+def sharing(vectors: np.ndarray, queries: np.ndarray, workers: int = 4) -> list[dict[str, Any]]:
+    """Memory of `workers` processes holding the same index, opened memory-mapped versus
+    each loading its own copy. PSS splits shared pages among their users, so its sum is
+    what the pod really uses; RSS counts shared pages once per process."""
+    import multiprocessing
+
+    import psutil
+
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="rillet-vectors-") as scratch:
+        for library in ("faiss", "usearch"):
+            path = str(Path(scratch) / f"index.{library}")
+            _save(library, vectors, path)
+            for mapped in (True, False):
+                stop = context.Event()
+                readies = [context.Event() for _ in range(workers)]
+                processes = [
+                    context.Process(
+                        target=_serve_queries, args=(library, path, mapped, queries, r, stop)
+                    )
+                    for r in readies
+                ]
+                for process in processes:
+                    process.start()
+                for ready in readies:
+                    ready.wait(600)
+                infos = [psutil.Process(p.pid).memory_full_info() for p in processes]
+                stop.set()
+                for process in processes:
+                    process.join()
+                rows.append(
+                    {
+                        "library": library,
+                        "workers": workers,
+                        "mmap": mapped,
+                        "file_mib": round(Path(path).stat().st_size / 2**20, 1),
+                        "pss_mib_total": round(sum(i.pss for i in infos) / 2**20, 1),
+                        "rss_mib_total": round(sum(i.rss for i in infos) / 2**20, 1),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 LIBRARIES = {
     "usearch": run_usearch,
     "usearch-f16": run_usearch_f16,
@@ -156,8 +244,16 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--sharing", action="store_true", help="only: memory of 4 workers, mmap vs copies"
+    )
     options = parser.parse_args()
     vectors, queries = synthetic(options.vectors, options.queries)
+    if options.sharing:
+        options.out.mkdir(parents=True, exist_ok=True)
+        found = sharing(vectors, queries)
+        (options.out / "vector-sharing.json").write_text(json.dumps(found, indent=2))
+        return
     truth = exact_top_k(vectors, queries, K)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rillet-vectors-") as scratch:
