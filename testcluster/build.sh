@@ -12,10 +12,12 @@ HELM_VERSION=v3.22.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0  # only its PodMonitor CRD, for the chart's dry runs
 KEDA_VERSION=v2.21.0  # only its ScaledObject CRD, for engine: keda
 CACHE=${RILLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rillet}
-KEY=$(cat "$HERE/go.mod" "$HERE/go.sum" "$HERE/main.go" "$HERE/build.sh" | sha256sum | cut -c1-12)
+KEY=$(cat "$HERE/go.mod" "$HERE/go.sum" "$HERE/main.go" "$HERE/build.sh" "$HERE"/promqlcheck/* \
+  | sha256sum | cut -c1-12)
 OUT="$CACHE/k8s-$K8S_VERSION-$KEY"
 
-if [[ -x "$OUT/bin/k8s" && -x "$OUT/bin/kwok" && -x "$OUT/bin/helm" && -f "$OUT/kwok-stages.yaml" \
+if [[ -x "$OUT/bin/k8s" && -x "$OUT/bin/kwok" && -x "$OUT/bin/helm" && -x "$OUT/bin/promqlcheck" \
+  && -f "$OUT/kwok-stages.yaml" \
   && -d "$OUT/crds" && -d "$OUT/crds-keda" ]]; then
   echo "$OUT/bin"
   exit 0
@@ -44,6 +46,9 @@ GOBIN="$STAGING/bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd
 GOBIN="$STAGING/bin" go install -trimpath \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+# Prometheus' own PromQL parser, to check every query the project writes.
+(cd "$HERE/promqlcheck" && go build -trimpath -ldflags "-s -w" -o "$STAGING/bin/promqlcheck" .)
 
 # KWOK v0.8 has no built-in stages: fast node and pod lifecycles, from its own module.
 stages="$GOMODCACHE/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
