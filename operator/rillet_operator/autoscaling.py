@@ -1,12 +1,13 @@
 """Latency targets compiled into autoscaling rules: pure builders for the HPA (custom
-metrics served by prometheus-adapter) and the KEDA ScaledObject (Prometheus triggers).
+metrics served by prometheus-adapter) and the KEDA ScaledObject (Prometheus triggers),
+and the rule by which the operator adapts the target (docs/design/2026-11-25-autoscaling.md).
 
-Two signals, as in docs/design/2026-11-25-autoscaling.md:
-- active streams per pod against a share of the pod's measured stream capacity: it leads
-  latency (TTFT rises only once a pod is past its capacity) and is linear in load, which
-  is what the HPA's proportional rule assumes;
-- TTFT p95 per pod against `latencyTargets.ttftP95Ms`: it corrects a wrong capacity (a
-  slower model, longer prompts) but lags, so it backs up the first signal.
+- The autoscaler aims at active streams per pod: a share of the pod's calibrated
+  capacity. Streams lead latency (TTFT rises only once a pod is past its capacity) and
+  are linear in load, which is what the HPA's proportional rule assumes.
+- Observed TTFT p95 moves that target slowly (`adapted_target`), correcting a calibration
+  that no longer holds. As an HPA metric of its own (`scaleOnLatency`) it lags and
+  overshoots, so that is opt-in.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ KEDA_API_VERSION = "keda.sh/v1alpha1"
 def pod_capacity(cs: ChatService) -> int:
     """Streams one pod serves within the targets: calibrated, or a conservative default;
     never above what its workers admit (past that they answer 503)."""
-    server = cs.spec.server
-    admitted = server.workers_per_pod * server.max_concurrent_streams_per_worker
     measured = cs.spec.autoscaling.streams_per_pod
-    return min(admitted, measured or server.workers_per_pod * STREAMS_PER_WORKER_DEFAULT)
+    default = cs.spec.server.workers_per_pod * STREAMS_PER_WORKER_DEFAULT
+    return min(admitted_streams(cs), measured or default)
 
 
 def configured_target(cs: ChatService) -> int:
@@ -37,10 +37,16 @@ def configured_target(cs: ChatService) -> int:
     return max(1, pod_capacity(cs) * percent // 100)
 
 
+def admitted_streams(cs: ChatService) -> int:
+    server = cs.spec.server
+    return server.workers_per_pod * server.max_concurrent_streams_per_worker
+
+
 def target_bounds(cs: ChatService) -> tuple[int, int]:
-    """How far adaptation may move the target: half to 1.2x the pod's capacity."""
+    """How far adaptation may move the target: half to 1.2x the pod's capacity, and never
+    past what the workers admit."""
     capacity = pod_capacity(cs)
-    return max(1, capacity // 2), max(1, capacity * 6 // 5)
+    return max(1, capacity // 2), max(1, min(admitted_streams(cs), capacity * 6 // 5))
 
 
 def streams_per_pod_target(cs: ChatService) -> int:

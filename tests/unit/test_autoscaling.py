@@ -13,6 +13,7 @@ from rillet_operator.autoscaling import (
     autoscaling_status,
     configured_target,
     streams_per_pod_target,
+    target_bounds,
 )
 from rillet_operator.meta import ChatService
 from rillet_operator.spec import ChatServiceSpec
@@ -114,3 +115,12 @@ def test_slo_condition(reading: LatencyReading | None, status: str, reason: str)
     assert (condition["status"], condition["reason"]) == (status, reason)
     no_prometheus = slo_condition(chat(), Observed(1, None, None))
     assert (no_prometheus["status"], no_prometheus["reason"]) == ("Unknown", "NoPrometheus")
+
+
+def test_adaptation_never_aims_past_what_the_workers_admit() -> None:
+    spec = ChatServiceSpec.model_validate(
+        {"server": {"maxConcurrentStreamsPerWorker": 50}, "autoscaling": {"streamsPerPod": 100}}
+    )
+    at_the_cap = ChatService("c", "ns", "u", spec, adapted_target=100, adapted_from=70)
+    assert target_bounds(at_the_cap) == (50, 100)  # 2 workers x 50, not 1.2 x 100
+    assert adapted_target(at_the_cap, 100, 100) is None
