@@ -1,8 +1,8 @@
 """Side effect: read every ChatService's observed latency from Prometheus' HTTP API.
 
-Two instant queries per round cover all ChatServices (grouped by namespace and
-chatservice, the labels the chart's PodMonitor sets), so the cost does not grow with the
-number of ChatServices."""
+Three instant queries per round (TTFT p95, inter-token p95, streams per pod) cover all
+ChatServices, grouped by namespace and chatservice (the labels the chart's PodMonitor
+sets), so the cost does not grow with the number of ChatServices."""
 
 from __future__ import annotations
 
