@@ -61,6 +61,14 @@ class FakeLLM:
 
     url: str
 
+    def openai_settings(self) -> dict[str, str]:
+        """`rillet_server` settings for a runtime that streams from this fake model."""
+        return {
+            "model__provider": "openai",
+            "model__name": "fake",
+            "model__base_url": f"{self.url}/v1",
+        }
+
     def stats(self) -> dict[str, object]:
         response = httpx.get(f"{self.url}/_fake/stats", timeout=5)
         response.raise_for_status()

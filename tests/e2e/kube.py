@@ -57,3 +57,16 @@ def manifest(name: str, **spec: Any) -> str:
             "spec": spec,
         }
     )
+
+
+def wait_condition(
+    cluster: TestCluster, namespace: str, name: str, kind: str, status: str
+) -> dict[str, Any]:
+    """The ChatService, read back once its `kind` condition has `status`."""
+
+    def reached() -> dict[str, Any] | None:
+        body = chat_service(cluster, namespace, name)
+        return body if condition(body, kind).get("status") == status else None
+
+    found: dict[str, Any] = wait_for(f"{name}: {kind}={status}", reached)
+    return found

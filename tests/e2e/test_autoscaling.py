@@ -12,7 +12,14 @@ from typing import Any
 from rillet_operator.autoscaling import ACTIVE_STREAMS, TTFT_P95
 from testcluster import TestCluster
 from testcluster.metrics_adapter import MetricsAdapter
-from tests.e2e.kube import chat_service, condition, manifest, wait_for, wait_ready
+from tests.e2e.kube import (
+    chat_service,
+    condition,
+    manifest,
+    wait_condition,
+    wait_for,
+    wait_ready,
+)
 
 SCALING = {
     "minReplicas": 1,
@@ -84,28 +91,14 @@ def test_status_compares_observed_latency_with_the_targets(
     assert (slo["status"], slo["reason"]) == ("Unknown", "NoTraffic"), slo
 
     metrics.latency(namespace, "chat", ttft_seconds=0.42, inter_token_seconds=0.03)
-    body = wait_for(
-        "SLOMet=True",
-        lambda: (
-            condition(cs := chat_service(cluster, namespace, "chat"), "SLOMet").get("status")
-            == "True"
-            and cs
-        ),
-    )
+    body = wait_condition(cluster, namespace, "chat", "SLOMet", "True")
     assert body["status"]["observedLatency"]["ttftP95Ms"] == 420
     # NAME READY REPLICAS "TTFT TARGET" "TTFT P95" "SLO MET" AGE
     row = cluster.kubectl("get", "-n", namespace, "chat", "chat", "--no-headers").stdout.split()
     assert row[:6] == ["chat", "True", "1", "500", "420", "True"], row
 
     metrics.latency(namespace, "chat", ttft_seconds=0.75, inter_token_seconds=0.03)
-    missed = wait_for(
-        "SLOMet=False",
-        lambda: (
-            (c := condition(chat_service(cluster, namespace, "chat"), "SLOMet")).get("status")
-            == "False"
-            and c
-        ),
-    )
+    missed = condition(wait_condition(cluster, namespace, "chat", "SLOMet", "False"), "SLOMet")
     assert missed["reason"] == "TargetMissed"
     assert "TTFT p95 750 ms > 500 ms" in missed["message"]
 
@@ -150,14 +143,7 @@ def test_keda_is_reported_missing_then_used_once_installed(
 ) -> None:
     spec: dict[str, Any] = {"autoscaling": {"engine": "keda", "minReplicas": 1}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("chat", **spec))
-    degraded = wait_for(
-        "Degraded=True",
-        lambda: (
-            (c := condition(chat_service(cluster, namespace, "chat"), "Degraded")).get("status")
-            == "True"
-            and c
-        ),
-    )
+    degraded = condition(wait_condition(cluster, namespace, "chat", "Degraded", "True"), "Degraded")
     assert degraded["reason"] == "APINotInstalled"
     assert "keda.sh/v1alpha1" in degraded["message"]
     assert "install KEDA" in degraded["message"]
@@ -179,9 +165,4 @@ def test_keda_is_reported_missing_then_used_once_installed(
     assert '"minReplicaCount": 2' in scaled
     assert metrics.prometheus_url in scaled
     assert '"name": "active-streams"' in scaled
-    wait_for(
-        "Degraded=False",
-        lambda: (
-            condition(chat_service(cluster, namespace, "chat"), "Degraded").get("status") == "False"
-        ),
-    )
+    wait_condition(cluster, namespace, "chat", "Degraded", "False")

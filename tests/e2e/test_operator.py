@@ -18,7 +18,16 @@ import yaml
 
 from testcluster import TestCluster
 from testcluster.operator import OperatorProcess
-from tests.e2e.kube import EXAMPLES, GROUP, chat_service, condition, manifest, wait_for, wait_ready
+from tests.e2e.kube import (
+    EXAMPLES,
+    GROUP,
+    chat_service,
+    condition,
+    manifest,
+    wait_condition,
+    wait_for,
+    wait_ready,
+)
 
 
 def test_demo_example_creates_children_and_becomes_ready(
@@ -397,14 +406,7 @@ def test_unsupported_settings_are_reported_degraded(cluster: TestCluster, namesp
     qdrant = {"url": "http://qdrant:6333", "collection": "docs"}
     spec = {"replicas": 1, "vectorIndex": {"provider": "qdrant", "qdrant": qdrant}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qdrant", **spec))
-    body = wait_for(
-        "a Degraded condition",
-        lambda: (
-            condition(cs := chat_service(cluster, namespace, "qdrant"), "Degraded").get("status")
-            == "True"
-            and cs
-        ),
-    )
+    body = wait_condition(cluster, namespace, "qdrant", "Degraded", "True")
     assert "vectorIndex.provider=qdrant" in condition(body, "Degraded")["message"]
 
 

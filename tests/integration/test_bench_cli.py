@@ -31,9 +31,7 @@ def server(module_tmp: Path, fake: FakeLLM) -> Iterator[Process]:
     with rillet_server(
         module_tmp,
         workers=1,
-        model__provider="openai",
-        model__name="fake",
-        model__base_url=f"{fake.url}/v1",
+        **fake.openai_settings(),
     ) as process:
         yield process
 

@@ -33,9 +33,7 @@ async def test_sigterm_drains_open_streams(tmp_path: Path) -> None:
         rillet_server(
             tmp_path,
             workers=2,
-            model__provider="openai",
-            model__name="fake",
-            model__base_url=f"{fake.url}/v1",
+            **fake.openai_settings(),
             server__drain_seconds=str(DRAIN_SECONDS),
             server__max_stream_seconds=str(MAX_STREAM_SECONDS),
         ) as server,

@@ -85,9 +85,7 @@ def openai_server(module_tmp: Path, fake: FakeLLM) -> Iterator[Process]:
     with rillet_server(
         module_tmp,
         workers=1,
-        model__provider="openai",
-        model__name="fake",
-        model__base_url=f"{fake.url}/v1",
+        **fake.openai_settings(),
     ) as server:
         yield server
 
@@ -169,9 +167,7 @@ def test_failing_provider_gives_an_error_event_then_the_breaker_opens(
     with rillet_server(
         module_tmp,
         workers=1,
-        model__provider="openai",
-        model__name="fake",
-        model__base_url=f"{failing_fake.url}/v1",
+        **failing_fake.openai_settings(),
         model__max_retries="0",
         model__breaker_failure_threshold="3",
         model__breaker_reset_seconds="60",
@@ -195,9 +191,7 @@ def test_fallback_provider_answers_when_the_primary_fails(
     with rillet_server(
         module_tmp,
         workers=1,
-        model__provider="openai",
-        model__name="fake",
-        model__base_url=f"{failing_fake.url}/v1",
+        **failing_fake.openai_settings(),
         model__max_retries="0",
         model__fallback=json.dumps(fallback),
     ) as server:

@@ -31,9 +31,7 @@ def fake(module_tmp: Path) -> Iterator[FakeLLM]:
 
 def redis_settings(fake: FakeLLM, redis_url: str, **extra: str) -> dict[str, str]:
     return {
-        "model__provider": "openai",
-        "model__name": "fake",
-        "model__base_url": f"{fake.url}/v1",
+        **fake.openai_settings(),
         "state__checkpointer": "redis",
         "state__redis_url": redis_url,
         "streaming__resume_grace_seconds": "5",

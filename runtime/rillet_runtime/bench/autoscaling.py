@@ -52,15 +52,15 @@ async def _step(server: Server, concurrency: int, seconds: float) -> dict[str, A
     plan = loadgen.LoadPlan(concurrency, ramp_seconds=1.0, duration_seconds=seconds)
     cpu, wall = server.cpu_seconds(), time.perf_counter()
     results = await loadgen.run_load(server.url, server.api, plan, [QUESTION])
-    cores = (server.cpu_seconds() - cpu) / (time.perf_counter() - wall)
-    summary = loadgen.summarize(results, time.perf_counter() - wall)
+    cpu, wall = server.cpu_seconds() - cpu, time.perf_counter() - wall
+    summary = loadgen.summarize(results, wall)
     return {
         "concurrency": concurrency,
         "streams": summary["streams"],
         "errors": sum(summary["errors"].values()),
         "ttft_p95_ms": summary["ttft_ms"]["p95"],
         "inter_token_p95_ms": summary["inter_token_ms"]["p95"],
-        "cores": cores,
+        "cores": cpu / wall,
     }
 
 

@@ -369,12 +369,5 @@ def simulate(
 
 def _minute_p95(per_second: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The minute's p95 over its arrivals, from each second's p95 weighted by arrivals."""
-    values = per_second.reshape(-1, 60)
-    weight = weights.reshape(-1, 60) + 1e-9
-    order = np.argsort(values, axis=1)
-    sorted_values = np.take_along_axis(values, order, axis=1)
-    cumulative = np.cumsum(np.take_along_axis(weight, order, axis=1), axis=1)
-    cumulative /= cumulative[:, -1:]
-    index = (cumulative < 0.95).sum(axis=1).clip(0, 59)
-    minutes: np.ndarray = sorted_values[np.arange(values.shape[0]), index]
-    return minutes
+    minutes = zip(per_second.reshape(-1, 60), weights.reshape(-1, 60), strict=True)
+    return np.array([_weighted_quantile(values, weight, 0.95) for values, weight in minutes])

@@ -71,9 +71,8 @@ def timed_queries(search: Search, queries: np.ndarray) -> dict[str, Any]:
     return {"p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000, "ids": np.array(results)}
 
 
-def run_usearch(
-    vectors: np.ndarray, queries: np.ndarray, work: Path, dtype: str = "f32"
-) -> list[dict[str, Any]]:
+def build_usearch(vectors: np.ndarray, dtype: str) -> tuple[Any, float]:
+    """The index and the seconds its build took."""
     from usearch.index import Index  # type: ignore[import-not-found]
 
     index = Index(
@@ -85,7 +84,28 @@ def run_usearch(
     )
     start = time.perf_counter()
     index.add(np.arange(len(vectors)), vectors, threads=BUILD_THREADS)
+    return index, time.perf_counter() - start
+
+
+def build_faiss(vectors: np.ndarray) -> tuple[Any, float]:
+    import faiss  # type: ignore[import-not-found]
+
+    faiss.omp_set_num_threads(BUILD_THREADS)
+    index = faiss.IndexHNSWFlat(DIMENSIONS, M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    start = time.perf_counter()
+    index.add(vectors)
     build = time.perf_counter() - start
+    faiss.omp_set_num_threads(1)
+    return index, build
+
+
+def run_usearch(
+    vectors: np.ndarray, queries: np.ndarray, work: Path, dtype: str = "f32"
+) -> list[dict[str, Any]]:
+    from usearch.index import Index
+
+    index, build = build_usearch(vectors, dtype)
     path = work / "index.usearch"
     index.save(str(path))
     viewed = Index.restore(str(path), view=True)  # memory-mapped, not copied
@@ -118,15 +138,9 @@ def run_hnswlib(vectors: np.ndarray, queries: np.ndarray, work: Path) -> list[di
 
 
 def run_faiss(vectors: np.ndarray, queries: np.ndarray, work: Path) -> list[dict[str, Any]]:
-    import faiss  # type: ignore[import-not-found]
+    import faiss
 
-    faiss.omp_set_num_threads(BUILD_THREADS)
-    index = faiss.IndexHNSWFlat(DIMENSIONS, M, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = EF_CONSTRUCTION
-    start = time.perf_counter()
-    index.add(vectors)
-    build = time.perf_counter() - start
-    faiss.omp_set_num_threads(1)
+    index, build = build_faiss(vectors)
     path = work / "index.faiss"
     faiss.write_index(index, str(path))
     mapped = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
@@ -172,18 +186,9 @@ def _save(library: str, vectors: np.ndarray, path: str) -> None:
     if library == "faiss":
         import faiss
 
-        index = faiss.IndexHNSWFlat(DIMENSIONS, M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = EF_CONSTRUCTION
-        index.add(vectors)
-        faiss.write_index(index, path)
-        return
-    from usearch.index import Index
-
-    built = Index(
-        ndim=DIMENSIONS, metric="cos", dtype="f16", connectivity=M, expansion_add=EF_CONSTRUCTION
-    )
-    built.add(np.arange(len(vectors)), vectors, threads=BUILD_THREADS)
-    built.save(path)
+        faiss.write_index(build_faiss(vectors)[0], path)
+    else:
+        build_usearch(vectors, "f16")[0].save(path)
 
 
 def sharing(vectors: np.ndarray, queries: np.ndarray, workers: int = 4) -> list[dict[str, Any]]:
