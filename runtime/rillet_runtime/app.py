@@ -26,19 +26,12 @@ from rillet_runtime.graph import GraphDeps, load_graph
 from rillet_runtime.lifecycle import Lifecycle
 from rillet_runtime.llm import build_chat_model
 from rillet_runtime.metrics import STREAM_CAPACITY
-from rillet_runtime.retrieval import KeywordRetriever, default_corpus_paths, load_corpus
+from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import open_state
 from rillet_runtime.state.run_log import RunLog
 
 log = logging.getLogger(__name__)
-
-
-def build_retriever(settings: Settings) -> KeywordRetriever:
-    paths = settings.retrieval.corpus_paths or default_corpus_paths()
-    passages = load_corpus(paths, settings.retrieval.chunk_chars)
-    log.info("retrieval: %d passages from %s", len(passages), ", ".join(map(str, paths)))
-    return KeywordRetriever(passages)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -55,11 +48,12 @@ def create_app(settings: Settings) -> FastAPI:
         async with (
             httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds) as http,
             open_state(settings.state) as state,
+            open_retriever(settings, state.embedding_cache) as retriever,
         ):
             deps = GraphDeps(
                 model=build_chat_model(settings.model, http),
                 model_name=settings.model.name,
-                retriever=build_retriever(settings),
+                retriever=retriever,
                 response_cache=state.response_cache,
                 k=settings.retrieval.k,
                 score_threshold=settings.retrieval.score_threshold,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -18,6 +19,9 @@ from rillet_runtime.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `rillet serve` should not load the bench
     from rillet_runtime.bench import loadgen
+    from rillet_runtime.retrieval import IndexRetriever
+
+INDEX_PATH_ENV = "RILLET_RETRIEVAL__EMBEDDED__PATH"
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -33,6 +37,17 @@ def load_settings() -> Settings:
         raise typer.Exit(2) from None
     except FileNotFoundError as exc:
         typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def open_checked_retriever(settings: Settings) -> IndexRetriever:
+    """The configured retriever, or a readable exit naming the setting at fault."""
+    from rillet_runtime.retrieval import RetrievalConfigError, build_retriever
+
+    try:
+        return asyncio.run(build_retriever(settings))
+    except RetrievalConfigError as exc:
+        typer.echo(f"invalid setting {exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -56,6 +71,12 @@ def serve(
         if value is not None:
             os.environ[f"RILLET_SERVER__{name}"] = str(value)
     settings = load_settings()
+    # Fail here, naming the setting, rather than in every worker; and build the default
+    # index once before the workers start.
+    retriever = open_checked_retriever(settings)
+    asyncio.run(retriever.close())
+    if settings.retrieval.provider == "embedded":
+        os.environ[INDEX_PATH_ENV] = str(getattr(retriever.index, "path", ""))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(settings.server.metrics_dir))
     argv = [
         sys.executable,
@@ -82,6 +103,123 @@ def drain(
     drain_file.parent.mkdir(parents=True, exist_ok=True)
     drain_file.touch()
     time.sleep(wait)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path], typer.Argument(help="markdown, text and HTML files or folders", exists=True)
+    ],
+    index: Annotated[
+        Path | None,
+        typer.Option(help="embedded index folder (retrieval.embedded.path)", envvar=INDEX_PATH_ENV),
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option(help="delete chunks that no file produces any more")
+    ] = True,
+) -> None:
+    """Chunk, embed and write documents into the configured index; unchanged ones are skipped."""
+    from rich.progress import Progress
+
+    from rillet_runtime.retrieval import RetrievalConfigError, embedder_dimensions, make_embedder
+    from rillet_runtime.retrieval.embeddings import Embedder
+    from rillet_runtime.retrieval.indexes import open_index
+    from rillet_runtime.retrieval.ingest import IngestReport
+    from rillet_runtime.retrieval.ingest import ingest as ingest_paths
+
+    if index is not None:
+        os.environ[INDEX_PATH_ENV] = str(index)
+    settings = load_settings()
+    retrieval = settings.retrieval
+    if retrieval.provider == "embedded" and retrieval.embedded.path is None:
+        typer.echo("rillet ingest: give --index DIR (or retrieval.embedded.path)", err=True)
+        raise typer.Exit(2)
+
+    async def run(embedder: Embedder, progress: Progress) -> IngestReport:
+        task = progress.add_task("embedding", total=None)
+        dimensions = await embedder_dimensions(embedder)
+        target = await open_index(
+            retrieval,
+            embedder.model_id,
+            dimensions,
+            retrieval.embedded.path or Path(),
+            create=True,
+        )
+        try:
+            return await ingest_paths(
+                paths,
+                target,
+                embedder,
+                chunk_tokens=retrieval.chunk_tokens,
+                chunk_overlap=retrieval.chunk_overlap,
+                batch_size=settings.embeddings.batch_size,
+                prune=prune,
+                on_plan=lambda total: progress.update(task, total=total),
+                on_progress=lambda done: progress.advance(task, done),
+            )
+        finally:
+            await target.close()
+
+    try:
+        embedder = make_embedder(settings)
+        with Progress(transient=True) as progress:
+            report = asyncio.run(run(embedder, progress))
+    except RetrievalConfigError as exc:
+        typer.echo(f"invalid setting {exc}", err=True)
+        raise typer.Exit(2) from None
+    where = retrieval.embedded.path if retrieval.provider == "embedded" else retrieval.provider
+    typer.echo(
+        f"{report.files} files, {report.chunks} chunks: {report.added} added, "
+        f"{report.removed} removed, {report.unchanged} unchanged ({where})"
+    )
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="the question")],
+    k: Annotated[int | None, typer.Option("--k", "-k", help="hits (retrieval.k)")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option(help="metadata filter FIELD=VALUE (repeat to AND)")
+    ] = None,
+    index: Annotated[
+        Path | None,
+        typer.Option(help="embedded index folder (retrieval.embedded.path)", envvar=INDEX_PATH_ENV),
+    ] = None,
+) -> None:
+    """Print what retrieval finds for a question, with scores: for debugging an index."""
+    if index is not None:
+        os.environ[INDEX_PATH_ENV] = str(index)
+    settings = load_settings()
+    filters = dict(item.split("=", 1) for item in where or [] if "=" in item)
+    if len(filters) != len(where or []):
+        typer.echo("--where takes FIELD=VALUE", err=True)
+        raise typer.Exit(2)
+    retriever = open_checked_retriever(settings)
+
+    async def search() -> None:
+        try:
+            prepared = await retriever.prepare_query(text)
+            hits = await retriever.search(
+                prepared,
+                k or settings.retrieval.k,
+                settings.retrieval.score_threshold,
+                where=filters or None,
+            )
+            passages = {p.id: p for p in await retriever.get_passages([h.id for h in hits])}
+        finally:
+            await retriever.close()
+        if not hits:
+            typer.echo("no hits")
+        for rank, hit in enumerate(hits, start=1):
+            snippet = " ".join(passages[hit.id].text.split())[:160] if hit.id in passages else ""
+            typer.echo(f"{rank}. {hit.score:.4f}  {hit.title}  ({hit.source}, {hit.id})")
+            typer.echo(f"   {snippet}")
+
+    try:
+        asyncio.run(search())
+    except ValueError as exc:  # a filter field the index cannot take
+        typer.echo(f"rillet query: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("fake-llm")

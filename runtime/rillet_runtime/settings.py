@@ -112,13 +112,107 @@ class ModelSettings(ProviderSettings):
     fallback: ProviderSettings | None = None
 
 
-class RetrievalSettings(_Section):
-    corpus_paths: list[Path] = Field(
-        default_factory=list, description="files or folders to index; empty: the bundled docs"
+class HnswSettings(_Section):
+    m: int = Field(16, ge=4, le=128, description="graph links per vector (set at ingest)")
+    ef_construction: int = Field(200, ge=8, le=2048, description="build-time beam (ingest)")
+    ef_search: int = Field(64, ge=8, le=2048, description="query-time beam: recall vs latency")
+
+
+class EmbeddedIndexSettings(_Section):
+    path: Path | None = Field(
+        None, description="folder built by `rillet ingest`; unset: the bundled docs, built once"
     )
+
+
+class PineconeSettings(_Section):
+    host: str = Field(pattern=r"^https?://", description="the index host (Pinecone console)")
+    namespace: str = ""
+    api_key: SecretStr | None = Field(None, description="or PINECONE_API_KEY; from a Secret")
+
+
+class QdrantSettings(_Section):
+    url: str | None = Field(None, pattern=r"^https?://", description="a Qdrant server")
+    path: Path | None = Field(None, description="qdrant-client's local mode (tests, one process)")
+    collection: str = Field(min_length=1)
+    api_key: SecretStr | None = Field(None, description="from a Secret")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> QdrantSettings:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("set exactly one of url and path")
+        return self
+
+
+class ChromaSettings(_Section):
+    url: str | None = Field(None, pattern=r"^https?://", description="a Chroma server")
+    path: Path | None = Field(None, description="chromadb's embedded mode (tests, one process)")
+    collection: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> ChromaSettings:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("set exactly one of url and path")
+        return self
+
+
+IndexProvider = Literal["embedded", "pinecone", "qdrant", "chroma"]
+
+
+class RetrievalSettings(_Section):
+    provider: IndexProvider = "embedded"
+    embedded: EmbeddedIndexSettings = Field(default_factory=EmbeddedIndexSettings)
+    hnsw: HnswSettings = Field(default_factory=HnswSettings)
+    pinecone: PineconeSettings | None = None
+    qdrant: QdrantSettings | None = None
+    chroma: ChromaSettings | None = None
     k: int = Field(3, ge=1, le=50)
-    score_threshold: float = Field(0.0, ge=0)
-    chunk_chars: int = Field(1200, ge=200)
+    score_threshold: float = Field(
+        0.0, ge=-1, le=1, description="least cosine similarity a vector hit needs"
+    )
+    hybrid: bool | None = Field(
+        None,
+        description="fuse BM25 keyword hits with vector hits (RRF); unset: on for embedded. "
+        "The keyword index lives beside the embedded index only",
+    )
+    rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
+    candidates: int = Field(20, ge=1, le=1000, description="hits per side before fusion")
+    chunk_tokens: int = Field(512, ge=32, le=8192, description="chunk size at ingest")
+    chunk_overlap: int = Field(50, ge=0, description="tokens shared by neighbouring chunks")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrievalSettings:
+        if self.provider != "embedded" and getattr(self, self.provider) is None:
+            raise ValueError(f"retrieval.{self.provider} is required for that provider")
+        if self.hybrid and self.provider != "embedded":
+            raise ValueError(
+                f"retrieval.hybrid needs the embedded index's keyword side; "
+                f"provider {self.provider} searches vectors only"
+            )
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("retrieval.chunk_overlap must be smaller than chunk_tokens")
+        return self
+
+    @property
+    def hybrid_search(self) -> bool:
+        return self.provider == "embedded" if self.hybrid is None else self.hybrid
+
+
+class EmbeddingSettings(_Section):
+    provider: Literal["offline", "openai", "sentence-transformers"] = Field(
+        "offline",
+        description="offline: hashing, lexical only (docs/retrieval.md); openai: any "
+        "OpenAI-compatible /v1/embeddings (OpenAI, TEI, vLLM); sentence-transformers: a "
+        "local model folder",
+    )
+    model: str | None = Field(
+        None, description="openai: model name (text-embedding-3-small); sentence-transformers: path"
+    )
+    base_url: str | None = Field(None, pattern=r"^https?://")
+    api_key: SecretStr | None = Field(None, description="or OPENAI_API_KEY; from a Secret")
+    dimensions: int | None = Field(None, ge=8, le=8192, description="ask for shorter vectors")
+    batch_size: int = Field(64, ge=1, le=2048)
+    timeout_seconds: float = Field(30, gt=0)
+    max_retries: int = Field(2, ge=0)
 
 
 class StateSettings(_Section):
@@ -170,6 +264,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     state: StateSettings = Field(default_factory=StateSettings)
 
     @classmethod

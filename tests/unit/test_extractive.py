@@ -7,7 +7,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from rillet_runtime.graph.rag import is_small_talk
 from rillet_runtime.llm.extractive import NO_SOURCES, PREAMBLE, ExtractiveChatModel, extract_answer
 from rillet_runtime.prompt import QuotedSource, parse_sources, render_system_prompt
-from rillet_runtime.retrieval import Passage, split_markdown
+from rillet_runtime.retrieval import Passage
 
 PASSAGES = [
     Passage("a#0", "Setup", "Install the operator with Helm. The weather is nice.", "a.md"),
@@ -44,15 +44,6 @@ async def test_streams_word_by_word_like_a_provider() -> None:
     chunks = [chunk async for chunk in model.astream(messages)]
     assert len(chunks) > 5
     assert "".join(str(c.content) for c in chunks) == model.invoke(messages).content
-
-
-def test_markdown_is_split_on_headings_and_size() -> None:
-    text = "# Title\n\nintro\n\n## Part\n\n" + "\n\n".join(["word " * 50] * 3)
-    passages = split_markdown(text, "doc.md", max_chars=300)
-    assert passages[0].title == "Title"
-    assert all(p.title == "Title: Part" for p in passages[1:])
-    assert len(passages) == 4
-    assert [p.id for p in passages] == [f"doc.md#{i}" for i in range(4)]
 
 
 def test_small_talk_is_recognised() -> None:

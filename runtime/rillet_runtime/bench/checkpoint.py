@@ -38,7 +38,8 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from rillet_runtime.bench.local import RedisServer
 from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
 from rillet_runtime.llm import build_chat_model
-from rillet_runtime.retrieval import KeywordRetriever, default_corpus_paths, load_corpus
+from rillet_runtime.retrieval import build_retriever
+from rillet_runtime.retrieval.documents import default_corpus_paths, iter_chunks
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import RedisCheckpointSaver
 
@@ -50,7 +51,7 @@ class Prose:
     would let zstd find whole repeats and flatter the compression figures."""
 
     def __init__(self) -> None:
-        words = [w for p in load_corpus(default_corpus_paths(), 800) for w in p.text.split()]
+        words = [w for c in iter_chunks(default_corpus_paths(), 200, 0) for w in c.text.split()]
         if not words:
             raise SystemExit("no corpus found: run from a checkout or an installed wheel")
         self.words = words
@@ -184,7 +185,7 @@ async def growth(
             deps = GraphDeps(
                 model=build_chat_model(settings.model, http),
                 model_name=settings.model.name,
-                retriever=KeywordRetriever(load_corpus(default_corpus_paths(), 800)),
+                retriever=await build_retriever(settings),
                 response_cache=None,
                 k=settings.retrieval.k,
                 score_threshold=settings.retrieval.score_threshold,

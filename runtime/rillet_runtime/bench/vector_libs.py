@@ -73,7 +73,7 @@ def timed_queries(search: Search, queries: np.ndarray) -> dict[str, Any]:
 
 def build_usearch(vectors: np.ndarray, dtype: str) -> tuple[Any, float]:
     """The index and the seconds its build took."""
-    from usearch.index import Index  # type: ignore[import-not-found]
+    from usearch.index import Index
 
     index = Index(
         ndim=DIMENSIONS,
@@ -109,9 +109,10 @@ def run_usearch(
     path = work / "index.usearch"
     index.save(str(path))
     viewed = Index.restore(str(path), view=True)  # memory-mapped, not copied
+    assert viewed is not None
     rows = []
     for ef in EF_SEARCH:
-        viewed.expansion_search = ef
+        viewed.expansion_search = ef  # type: ignore[misc]  # a setter the stubs miss
         measured = timed_queries(lambda q: viewed.search(q, K).keys, queries)
         rows.append({"ef_search": ef, "build_s": build, **measured, "mmap": True, "path": path})
     return rows
@@ -167,7 +168,8 @@ def _open(library: str, path: str, mapped: bool) -> Search:
     from usearch.index import Index
 
     viewed = Index.restore(path, view=mapped)
-    viewed.expansion_search = 64
+    assert viewed is not None
+    viewed.expansion_search = 64  # type: ignore[misc]  # a setter the stubs miss
     return lambda q: viewed.search(q, K).keys
 
 
