@@ -2,7 +2,9 @@
 
 chromadb's clients are synchronous; every call runs in a worker thread so the event loop
 keeps streaming. Collections are created with cosine space and no embedding function:
-Rillet sends vectors, so Chroma never downloads a model of its own.
+Rillet sends vectors, so Chroma never downloads a model of its own. A Chroma collection
+takes its dimension from the first vector written, so Rillet records it in the
+collection's metadata at creation and refuses other sizes itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rillet_runtime.retrieval.embeddings import Vectors
 from rillet_runtime.retrieval.errors import RetrievalConfigError
 from rillet_runtime.retrieval.indexes.base import (
     IndexStats,
+    check_dimensions,
     Match,
     MetadataFilter,
     Record,
@@ -26,6 +29,7 @@ from rillet_runtime.retrieval.indexes.base import (
 from rillet_runtime.settings import ChromaSettings, HnswSettings
 
 PAGE = 1000
+DIMENSIONS = "rillet_dimensions"
 
 
 def _client(settings: ChromaSettings) -> Any:
@@ -64,6 +68,7 @@ class ChromaIndex:
         self.client = _client(settings)
         self.name = settings.collection
         self._collection: Any = None
+        self.dimensions = 0
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
         return await asyncio.to_thread(getattr(self._collection, method), **kwargs)
@@ -75,6 +80,7 @@ class ChromaIndex:
         self._collection = await asyncio.to_thread(
             self.client.get_collection, self.name, embedding_function=None
         )
+        self.dimensions = int((self._collection.metadata or {}).get(DIMENSIONS, 0))
         return True
 
     async def create(self, dimensions: int, hnsw: HnswSettings) -> None:
@@ -91,9 +97,13 @@ class ChromaIndex:
             self.name,
             embedding_function=None,
             configuration=configuration,
+            metadata={DIMENSIONS: dimensions},
         )
+        self.dimensions = dimensions
 
     async def upsert(self, records: Sequence[Record], vectors: Vectors) -> None:
+        if self.dimensions:
+            check_dimensions(vectors, self.dimensions, "embeddings")
         await self._call(
             "upsert",
             ids=[r.id for r in records],
@@ -151,11 +161,7 @@ class ChromaIndex:
                 return ids
 
     async def stats(self) -> IndexStats:
-        count = await self._call("count")
-        sample = await self._call("peek", limit=1)
-        embeddings = sample.get("embeddings")
-        dimensions = len(embeddings[0]) if embeddings is not None and len(embeddings) else 0
-        return IndexStats(count=count, dimensions=dimensions)
+        return IndexStats(count=await self._call("count"), dimensions=self.dimensions)
 
     async def close(self) -> None:
         self._collection = None

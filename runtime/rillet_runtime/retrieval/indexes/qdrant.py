@@ -45,7 +45,8 @@ class QdrantIndex:
             else AsyncQdrantClient(path=str(settings.path))
         )
         self.collection = settings.collection
-        self._search_params = models.SearchParams(hnsw_ef=ef_search)
+        # Local mode searches exactly and warns about HNSW parameters.
+        self._search_params = models.SearchParams(hnsw_ef=ef_search) if settings.url else None
 
     async def exists(self) -> bool:
         return await self.client.collection_exists(self.collection)
