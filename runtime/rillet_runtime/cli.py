@@ -9,8 +9,9 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -19,7 +20,8 @@ from rillet_runtime.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `rillet serve` should not load the bench
     from rillet_runtime.bench import loadgen
-    from rillet_runtime.retrieval import IndexRetriever
+
+T = TypeVar("T")
 
 INDEX_PATH_ENV = "RILLET_RETRIEVAL__EMBEDDED__PATH"
 
@@ -40,15 +42,24 @@ def load_settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def open_checked_retriever(settings: Settings) -> IndexRetriever:
-    """The configured retriever, or a readable exit naming the setting at fault."""
-    from rillet_runtime.retrieval import RetrievalConfigError, build_retriever
+def run_checked(work: Coroutine[Any, Any, T]) -> T:
+    """Run retrieval work; a bad setting becomes one readable line and exit 2."""
+    from rillet_runtime.retrieval import RetrievalConfigError
 
     try:
-        return asyncio.run(build_retriever(settings))
+        return asyncio.run(work)
     except RetrievalConfigError as exc:
         typer.echo(f"invalid setting {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+async def check_retrieval(settings: Settings) -> Path | None:
+    """Open the configured retrieval once (building the default index if need be)."""
+    from rillet_runtime.retrieval import build_retriever
+
+    retriever = await build_retriever(settings)
+    await retriever.close()
+    return getattr(retriever.index, "path", None)
 
 
 def prepare_metrics_dir(configured: Path | None) -> Path:
@@ -73,10 +84,9 @@ def serve(
     settings = load_settings()
     # Fail here, naming the setting, rather than in every worker; and build the default
     # index once before the workers start.
-    retriever = open_checked_retriever(settings)
-    asyncio.run(retriever.close())
-    if settings.retrieval.provider == "embedded":
-        os.environ[INDEX_PATH_ENV] = str(getattr(retriever.index, "path", ""))
+    index_path = run_checked(check_retrieval(settings))
+    if index_path is not None:
+        os.environ[INDEX_PATH_ENV] = str(index_path)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(settings.server.metrics_dir))
     argv = [
         sys.executable,
@@ -121,8 +131,7 @@ def ingest(
     """Chunk, embed and write documents into the configured index; unchanged ones are skipped."""
     from rich.progress import Progress
 
-    from rillet_runtime.retrieval import RetrievalConfigError, embedder_dimensions, make_embedder
-    from rillet_runtime.retrieval.embeddings import Embedder
+    from rillet_runtime.retrieval import embedder_dimensions, make_embedder
     from rillet_runtime.retrieval.indexes import open_index
     from rillet_runtime.retrieval.ingest import IngestReport
     from rillet_runtime.retrieval.ingest import ingest as ingest_paths
@@ -135,7 +144,8 @@ def ingest(
         typer.echo("rillet ingest: give --index DIR (or retrieval.embedded.path)", err=True)
         raise typer.Exit(2)
 
-    async def run(embedder: Embedder, progress: Progress) -> IngestReport:
+    async def run(progress: Progress) -> IngestReport:
+        embedder = make_embedder(settings)
         task = progress.add_task("embedding", total=None)
         dimensions = await embedder_dimensions(embedder)
         target = await open_index(
@@ -160,13 +170,8 @@ def ingest(
         finally:
             await target.close()
 
-    try:
-        embedder = make_embedder(settings)
-        with Progress(transient=True) as progress:
-            report = asyncio.run(run(embedder, progress))
-    except RetrievalConfigError as exc:
-        typer.echo(f"invalid setting {exc}", err=True)
-        raise typer.Exit(2) from None
+    with Progress(transient=True) as progress:
+        report = run_checked(run(progress))
     where = retrieval.embedded.path if retrieval.provider == "embedded" else retrieval.provider
     typer.echo(
         f"{report.files} files, {report.chunks} chunks: {report.added} added, "
@@ -194,9 +199,11 @@ def query(
     if len(filters) != len(where or []):
         typer.echo("--where takes FIELD=VALUE", err=True)
         raise typer.Exit(2)
-    retriever = open_checked_retriever(settings)
 
     async def search() -> None:
+        from rillet_runtime.retrieval import build_retriever
+
+        retriever = await build_retriever(settings)
         try:
             prepared = await retriever.prepare_query(text)
             hits = await retriever.search(
@@ -216,7 +223,7 @@ def query(
             typer.echo(f"   {snippet}")
 
     try:
-        asyncio.run(search())
+        run_checked(search())
     except ValueError as exc:  # a filter field the index cannot take
         typer.echo(f"rillet query: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -1,4 +1,6 @@
-"""`rillet fake-llm`: a local server speaking OpenAI's and Anthropic's streaming wire formats.
+"""`rillet fake-llm`: a local server speaking OpenAI's and Anthropic's streaming wire formats,
+and OpenAI's /v1/embeddings (vectors from the offline hashing embedder, so searches with
+them find what a lexical model would).
 
 Tests drive the real SDKs (openai, anthropic, langchain-openai, langchain-anthropic) and
 the real runtime against it, and the benchmarks use it as a model with a known time to
@@ -96,6 +98,7 @@ class _Stats:
         self.cancelled = 0
         self.requests: deque[dict[str, Any]] = deque(maxlen=1000)
         self.last_request: dict[str, Any] = {}
+        self.embedded_texts = 0
 
     def open(self, api: str) -> dict[str, Any]:
         record = {
@@ -127,6 +130,7 @@ class _Stats:
             "completed": self.completed,
             "cancelled": self.cancelled,
             "requests": list(self.requests),
+            "embedded_texts": self.embedded_texts,
         }
 
 
@@ -349,6 +353,37 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
             }
         )
 
+    async def embeddings(request: Request) -> Response:
+        """OpenAI's embeddings API; `authorization: Bearer bad` gets its 401."""
+        from rillet_runtime.retrieval.embeddings import OfflineEmbedder
+
+        if request.headers.get("authorization") == "Bearer bad":
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                status_code=401,
+            )
+        body = orjson.loads(await request.body())
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        stats.embedded_texts += len(texts)
+        vectors = OfflineEmbedder(body.get("dimensions") or 384).embed_sync(texts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v.tolist()}
+                    for i, v in enumerate(vectors)
+                ],
+                "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)},
+            }
+        )
+
     async def get_stats(_: Request) -> Response:
         return JSONResponse(stats.as_json())
 
@@ -368,6 +403,7 @@ def create_fake_llm_app(config: FakeLLMConfig) -> Starlette:
             Route("/v1/chat/completions", openai_chat, methods=["POST"]),
             Route("/v1/messages", anthropic_messages, methods=["POST"]),
             Route("/v1/models", models),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/_fake/stats", get_stats),
             Route("/_fake/reset", reset, methods=["POST"]),
             Route("/_fake/last_request", last_request),

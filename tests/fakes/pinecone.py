@@ -103,9 +103,12 @@ class FakePinecone:
                 scored.append((cosine, id_, metadata))
         scored.sort(key=lambda item: -item[0])
         matches = [
-            {"id": id_, "score": score, "values": [], **(
-                {"metadata": metadata} if body.get("includeMetadata") else {}
-            )}
+            {
+                "id": id_,
+                "score": score,
+                "values": [],
+                **({"metadata": metadata} if body.get("includeMetadata") else {}),
+            }
             for score, id_, metadata in scored[: body["topK"]]
         ]
         return JSONResponse(
@@ -163,7 +166,9 @@ class FakePinecone:
 
 
 @contextlib.contextmanager
-def fake_pinecone(dimension: int, api_key: str = "pc-test-key") -> Iterator[tuple[str, FakePinecone]]:
+def fake_pinecone(
+    dimension: int, api_key: str = "pc-test-key"
+) -> Iterator[tuple[str, FakePinecone]]:
     """(host URL, state) of a fake index served on a loopback port for the block's length."""
     fake = FakePinecone(dimension, api_key)
     port = free_port()

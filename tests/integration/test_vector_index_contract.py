@@ -43,7 +43,9 @@ def settings_for(provider: str, tmp_path: Path, pinecone_host: str) -> Retrieval
         namespace = tmp_path.name  # each test its own namespace on the shared fake
         return RetrievalSettings(
             provider="pinecone",
-            pinecone=PineconeSettings(host=pinecone_host, namespace=namespace, api_key="pc-test-key"),
+            pinecone=PineconeSettings(
+                host=pinecone_host, namespace=namespace, api_key="pc-test-key"
+            ),
         )
     return RetrievalSettings()
 
@@ -53,7 +55,9 @@ async def index(
     request: pytest.FixtureRequest, tmp_path: Path, pinecone_host: str
 ) -> AsyncIterator[VectorIndex]:
     settings = settings_for(request.param, tmp_path, pinecone_host)
-    opened = await open_index(settings, "test-model", DIMENSIONS, tmp_path / "embedded", create=True)
+    opened = await open_index(
+        settings, "test-model", DIMENSIONS, tmp_path / "embedded", create=True
+    )
     yield opened
     await opened.close()
 
@@ -126,7 +130,7 @@ async def test_upsert_replaces_and_delete_forgets(index: VectorIndex) -> None:
     await index.delete(["chunk-00", "chunk-01", "no-such-id"])
     assert await index.list_ids() == {r.id for r in RECORDS[2:]}
     assert "chunk-00" not in {m.id for m in await index.query(VECTORS[5], 12)}
-    assert (await index.stats()) .count == len(RECORDS) - 2
+    assert (await index.stats()).count == len(RECORDS) - 2
 
 
 async def test_fetch_reads_texts_by_id_in_the_order_asked(index: VectorIndex) -> None:

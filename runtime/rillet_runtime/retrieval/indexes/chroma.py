@@ -19,10 +19,10 @@ from rillet_runtime.retrieval.embeddings import Vectors
 from rillet_runtime.retrieval.errors import RetrievalConfigError
 from rillet_runtime.retrieval.indexes.base import (
     IndexStats,
-    check_dimensions,
     Match,
     MetadataFilter,
     Record,
+    check_dimensions,
     check_filter,
     passage_of,
 )
