@@ -23,7 +23,7 @@ from lightkube.types import PatchType
 
 from rillet_operator.builders import children
 from rillet_operator.meta import MANAGER, ChatService
-from rillet_operator.runtime_settings import redis_service_name, unsupported_settings
+from rillet_operator.runtime_settings import redis_service_name
 from rillet_operator.spec import GROUP, KIND, PLURAL, VERSION
 from rillet_operator.status import LatencyReading, Observed, compute_status
 
@@ -160,7 +160,6 @@ async def reconcile(
         generation=body["metadata"].get("generation", 0),
         deployment=live.get(("Deployment", cs.name)),
         redis=live.get(("StatefulSet", redis_service_name(cs.name))),
-        unsupported=tuple(unsupported_settings(cs.spec)),
         missing_apis=tuple(missing_apis),
         prometheus_configured=prometheus_url is not None,
         latency=latency,

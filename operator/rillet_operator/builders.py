@@ -22,6 +22,7 @@ from rillet_operator.meta import (
     selector,
 )
 from rillet_operator.runtime_settings import (
+    CLAIMED_INDEX,
     DRAIN_SECONDS,
     PORT,
     SCRATCH_DIR,
@@ -94,6 +95,10 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def deployment(cs: ChatService) -> dict[str, Any]:
     spec = cs.spec
     env = [{"name": "RILLET_SETTINGS_FILE", "value": SETTINGS_FILE}, *secret_env(cs.name, spec)]
+    mounts: list[dict[str, Any]] = [
+        {"name": "settings", "mountPath": SETTINGS_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    ]
     container = {
         "name": "rillet",
         "image": spec.image,
@@ -108,11 +113,21 @@ def deployment(cs: ChatService) -> dict[str, Any]:
             "preStop": {"exec": {"command": ["rillet", "drain", "--wait", str(DRAIN_SECONDS)]}}
         },
         "securityContext": _RESTRICTED_CONTAINER,
-        "volumeMounts": [
-            {"name": "settings", "mountPath": SETTINGS_DIR, "readOnly": True},
-            {"name": "scratch", "mountPath": SCRATCH_DIR},
-        ],
+        "volumeMounts": mounts,
     }
+    volumes: list[dict[str, Any]] = [
+        {"name": "settings", "configMap": {"name": f"{cs.name}-settings"}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": "256Mi"}},
+    ]
+    claim = spec.vector_index.embedded.claim_name
+    if spec.vector_index.provider == "embedded" and claim:
+        mount = {"name": "index", "mountPath": CLAIMED_INDEX, "readOnly": True}
+        if spec.vector_index.embedded.sub_path:
+            mount["subPath"] = spec.vector_index.embedded.sub_path
+        mounts.append(mount)
+        volumes.append(
+            {"name": "index", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector(cs)},
         "strategy": {
@@ -140,10 +155,7 @@ def deployment(cs: ChatService) -> dict[str, Any]:
                     for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
                 ],
                 "containers": [container],
-                "volumes": [
-                    {"name": "settings", "configMap": {"name": f"{cs.name}-settings"}},
-                    {"name": "scratch", "emptyDir": {"sizeLimit": "256Mi"}},
-                ],
+                "volumes": volumes,
             },
         },
     }

@@ -14,6 +14,8 @@ SETTINGS_DIR = "/etc/rillet"
 SETTINGS_FILE = f"{SETTINGS_DIR}/settings.yaml"
 SCRATCH_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only
 DRAIN_FILE = f"{SCRATCH_DIR}/rillet/draining"
+BUILT_IN_INDEX = "/opt/rillet/index"  # Rillet's docs, ingested when the image is built
+CLAIMED_INDEX = "/var/lib/rillet/index"  # vectorIndex.embedded.claimName, read-only
 PORT = 8000
 DRAIN_SECONDS = 5
 EXTRACTIVE_MODEL = "rillet-extractive"
@@ -54,10 +56,8 @@ def runtime_settings(spec: ChatServiceSpec) -> dict[str, Any]:
             "resumable": spec.streaming.resumable,
         },
         "model": model,
-        "retrieval": {
-            "k": spec.vector_index.k,
-            "score_threshold": spec.vector_index.score_threshold,
-        },
+        "retrieval": _retrieval(spec),
+        "embeddings": spec.embeddings.model_dump(exclude={"api_key_secret_ref"}, exclude_none=True),
         "state": {"checkpointer": "memory"},
     }
     if spec.graph.ref:
@@ -72,14 +72,23 @@ def runtime_settings(spec: ChatServiceSpec) -> dict[str, Any]:
     return settings
 
 
-def unsupported_settings(spec: ChatServiceSpec) -> list[str]:
-    """Spec fields this runtime version cannot honour yet: reported in status, not hidden."""
-    unsupported = []
-    if spec.vector_index.provider != "embedded":
-        unsupported.append(f"vectorIndex.provider={spec.vector_index.provider}")
-    if spec.embeddings.provider != "offline":
-        unsupported.append(f"embeddings.provider={spec.embeddings.provider}")
-    return unsupported
+def _retrieval(spec: ChatServiceSpec) -> dict[str, Any]:
+    index = spec.vector_index
+    settings: dict[str, Any] = {
+        "provider": index.provider,
+        "k": index.k,
+        "score_threshold": index.score_threshold,
+        "hnsw": index.hnsw.model_dump(),
+    }
+    if index.provider == "embedded":
+        path = CLAIMED_INDEX if index.embedded.claim_name else BUILT_IN_INDEX
+        settings["embedded"] = {"path": path}
+    if index.hybrid is not None:
+        settings["hybrid"] = index.hybrid
+    remote = {"pinecone": index.pinecone, "qdrant": index.qdrant, "chroma": index.chroma}
+    if index.provider in remote and (chosen := remote[index.provider]) is not None:
+        settings[index.provider] = chosen.model_dump(exclude={"api_key_secret_ref"})
+    return settings
 
 
 def _from_secret(name: str, ref: SecretKeyRef) -> dict[str, Any]:
@@ -98,6 +107,17 @@ def secret_env(name: str, spec: ChatServiceSpec) -> list[dict[str, Any]]:
     fallback = spec.model.fallback
     if fallback and fallback.api_key_secret_ref:
         env.append(_from_secret("RILLET_MODEL__FALLBACK__API_KEY", fallback.api_key_secret_ref))
+    if spec.embeddings.api_key_secret_ref:
+        env.append(_from_secret("RILLET_EMBEDDINGS__API_KEY", spec.embeddings.api_key_secret_ref))
+    index = spec.vector_index
+    if index.provider == "pinecone" and index.pinecone:
+        env.append(
+            _from_secret("RILLET_RETRIEVAL__PINECONE__API_KEY", index.pinecone.api_key_secret_ref)
+        )
+    if index.provider == "qdrant" and index.qdrant and index.qdrant.api_key_secret_ref:
+        env.append(
+            _from_secret("RILLET_RETRIEVAL__QDRANT__API_KEY", index.qdrant.api_key_secret_ref)
+        )
     redis = spec.redis
     if redis and redis.managed:
         env.append(

@@ -161,9 +161,24 @@ class RedisSpec(Model):
 
 
 class HnswSpec(Model):
-    m: int = Field(16, ge=4, le=128)
-    ef_construction: int = Field(200, ge=8, le=2048)
-    ef_search: int = Field(64, ge=8, le=2048)
+    m: int = Field(16, ge=4, le=128, description="links per vector; used by `rillet ingest`")
+    ef_construction: int = Field(
+        200, ge=8, le=2048, description="build-time beam; used by `rillet ingest`"
+    )
+    ef_search: int = Field(64, ge=8, le=2048, description="query-time beam: recall vs latency")
+
+
+class EmbeddedIndexSpec(Model):
+    claim_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=253,
+        description="a PersistentVolumeClaim holding a `rillet ingest` index folder, mounted "
+        "read-only; unset: the index of Rillet's docs built into the image",
+    )
+    sub_path: str = Field(
+        "", max_length=1024, pattern=r"^([^/].*)?$", description="the folder in the claim"
+    )
 
 
 class PineconeSpec(Model):
@@ -180,12 +195,18 @@ class QdrantSpec(Model):
 
 class ChromaSpec(Model):
     url: str = Field(pattern=r"^https?://")
-    collection: str = Field(min_length=1)
+    collection: str = Field(min_length=3, max_length=512)
 
 
 _INDEX_RULES: list[JsonValue] = [
-    cel(f"self.provider != '{p}' || has(self.{p})", f"{p} settings are required")
-    for p in ("pinecone", "qdrant", "chroma")
+    *(
+        cel(f"self.provider != '{p}' || has(self.{p})", f"{p} settings are required")
+        for p in ("pinecone", "qdrant", "chroma")
+    ),
+    cel(
+        "!has(self.hybrid) || !self.hybrid || self.provider == 'embedded'",
+        "hybrid search needs the embedded index (its keyword index lives beside it)",
+    ),
 ]
 
 
@@ -193,20 +214,30 @@ class VectorIndexSpec(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _INDEX_RULES})
 
     provider: Literal["embedded", "pinecone", "qdrant", "chroma"] = "embedded"
+    embedded: EmbeddedIndexSpec = Field(default_factory=EmbeddedIndexSpec)
     hnsw: HnswSpec = Field(default_factory=HnswSpec)
     pinecone: PineconeSpec | None = None
     qdrant: QdrantSpec | None = None
     chroma: ChromaSpec | None = None
     k: int = Field(3, ge=1, le=50)
-    score_threshold: float = Field(0.0, ge=0)
-    hybrid: bool = True
+    score_threshold: float = Field(
+        0.0, ge=-1, le=1, description="least cosine similarity a vector hit needs"
+    )
+    hybrid: bool | None = Field(
+        None, description="BM25 + vector fused by RRF; unset: on for embedded, off otherwise"
+    )
 
 
 class EmbeddingsSpec(Model):
-    provider: Literal["offline", "openai"] = "offline"
-    model: str | None = None
+    provider: Literal["offline", "openai"] = Field(
+        "offline",
+        description="offline: lexical hashing, no model (docs/retrieval.md); openai: any "
+        "OpenAI-compatible /v1/embeddings (OpenAI, or TEI/vLLM in the cluster)",
+    )
+    model: str | None = Field(None, description="openai: text-embedding-3-small if unset")
     base_url: str | None = Field(None, pattern=r"^https?://")
     api_key_secret_ref: SecretKeyRef | None = None
+    dimensions: int | None = Field(None, ge=8, le=8192, description="ask for shorter vectors")
 
 
 class StreamingSpec(Model):
@@ -274,6 +305,21 @@ class AutoscalingSpec(Model):
 
 
 class ChatServiceSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.embeddings.provider == 'offline' || self.vectorIndex.provider != "
+                    "'embedded' || (has(self.vectorIndex.embedded) && "
+                    "has(self.vectorIndex.embedded.claimName))",
+                    "the image's built-in index holds offline embeddings: with another "
+                    "embeddings provider, set vectorIndex.embedded.claimName to an index "
+                    "built with it (`rillet ingest`)",
+                )
+            ]
+        }
+    )
+
     image: str = Field(DEFAULT_IMAGE, min_length=1)
     replicas: int | None = Field(
         None,

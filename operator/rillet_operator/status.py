@@ -30,7 +30,6 @@ class Observed:
     generation: int
     deployment: dict[str, Any] | None
     redis: dict[str, Any] | None  # the managed Redis StatefulSet, when there is one
-    unsupported: tuple[str, ...] = ()
     missing_apis: tuple[str, ...] = ()  # children whose API the cluster does not serve
     prometheus_configured: bool = False
     latency: LatencyReading | None = None
@@ -134,13 +133,6 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
             True,
             "NoPrometheus",
             "autoscaling.engine=keda needs the operator's --prometheus-url; not autoscaling",
-        )
-    elif observed.unsupported:
-        degraded = _condition(
-            "Degraded",
-            True,
-            "UnsupportedSettings",
-            "this runtime version ignores: " + ", ".join(observed.unsupported),
         )
     else:
         degraded = _condition("Degraded", False, "AsExpected")

@@ -24,7 +24,6 @@ from tests.e2e.kube import (
     chat_service,
     condition,
     manifest,
-    wait_condition,
     wait_for,
     wait_ready,
 )
@@ -160,11 +159,7 @@ def test_every_example_is_accepted_and_served(
     name = document["metadata"]["name"]
     wait_ready(cluster, target, name)
     body = chat_service(cluster, target, name)
-    degraded = condition(body, "Degraded")
-    if document["spec"].get("vectorIndex", {}).get("provider", "embedded") != "embedded":
-        assert degraded["reason"] == "UnsupportedSettings", degraded
-    else:
-        assert degraded["status"] == "False", degraded
+    assert condition(body, "Degraded")["status"] == "False", body["status"]
     if "replicas" in document["spec"]:  # a fixed count: no HPA
         deployment = cluster.get_json("-n", target, "deployment", name)
         assert deployment["spec"]["replicas"] == document["spec"]["replicas"]
@@ -231,6 +226,14 @@ def test_invalid_specs_are_rejected_with_the_cel_message(
         ),
         ({"model": {"provider": "anthropic", "name": "claude"}}, "apiKeySecretRef is required"),
         ({"server": {"workersPerPod": 0}}, "spec.server.workersPerPod"),
+        (
+            {"vectorIndex": {"provider": "qdrant", "hybrid": True, "qdrant": QDRANT}},
+            "hybrid search needs the embedded index",
+        ),
+        (
+            {"embeddings": {"provider": "openai", "baseUrl": "http://tei:80/v1"}},
+            "the image's built-in index holds offline embeddings",
+        ),
     ]
     for spec, message in cases:
         done = cluster.kubectl(
@@ -402,12 +405,89 @@ def test_fifty_chat_services_applied_at_once_all_become_ready(
     assert all(condition(cs, "Ready")["status"] == "True" for cs in services)
 
 
-def test_unsupported_settings_are_reported_degraded(cluster: TestCluster, namespace: str) -> None:
-    qdrant = {"url": "http://qdrant:6333", "collection": "docs"}
-    spec = {"replicas": 1, "vectorIndex": {"provider": "qdrant", "qdrant": qdrant}}
+QDRANT = {"url": "http://qdrant.search:6333", "collection": "docs"}
+
+
+def test_a_remote_index_gets_its_settings_and_its_key_from_a_secret(
+    cluster: TestCluster, namespace: str
+) -> None:
+    cluster.kubectl(
+        "create", "secret", "generic", "-n", namespace, "qdrant", "--from-literal=key=q1"
+    )
+    qdrant = {**QDRANT, "apiKeySecretRef": {"name": "qdrant", "key": "key"}}
+    spec = {"replicas": 1, "vectorIndex": {"provider": "qdrant", "qdrant": qdrant, "k": 5}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qdrant", **spec))
-    body = wait_condition(cluster, namespace, "qdrant", "Degraded", "True")
-    assert "vectorIndex.provider=qdrant" in condition(body, "Degraded")["message"]
+    wait_ready(cluster, namespace, "qdrant")
+    body = chat_service(cluster, namespace, "qdrant")
+    assert condition(body, "Degraded")["status"] == "False"
+    settings_file = cluster.get_json("-n", namespace, "configmap", "qdrant-settings")["data"]
+    settings = yaml.safe_load(settings_file["settings.yaml"])
+    assert settings["retrieval"]["qdrant"] == QDRANT
+    assert "q1" not in settings_file["settings.yaml"]
+    container = cluster.get_json("-n", namespace, "deployment", "qdrant")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert {
+        "name": "RILLET_RETRIEVAL__QDRANT__API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "qdrant", "key": "key"}},
+    } in container["env"]
+
+
+def test_an_index_on_a_claim_is_mounted_read_only(cluster: TestCluster, namespace: str) -> None:
+    """A volume built by `rillet ingest` (a Job, docs/retrieval.md), bound here statically."""
+    volume = f"kb-index-{namespace}"
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": "/var/lib/kb-index"},
+                    "claimRef": {"namespace": namespace, "name": "kb-index"},
+                },
+            }
+        ),
+    )
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "kb-index"},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": volume,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(claim))
+    embedded = {"claimName": "kb-index", "subPath": "v3"}
+    spec = {
+        "replicas": 1,
+        "vectorIndex": {"provider": "embedded", "embedded": embedded},
+        "embeddings": {"provider": "openai", "baseUrl": "http://tei.models:80/v1"},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("kb", **spec))
+    wait_ready(cluster, namespace, "kb")  # scheduled: the claim bound, the pod running
+    pod = cluster.get_json("-n", namespace, "deployment", "kb")["spec"]["template"]["spec"]
+    assert {
+        "name": "index",
+        "persistentVolumeClaim": {"claimName": "kb-index", "readOnly": True},
+    } in pod["volumes"]
+    mount = {"name": "index", "mountPath": "/var/lib/rillet/index", "readOnly": True}
+    assert {**mount, "subPath": "v3"} in pod["containers"][0]["volumeMounts"]
+    settings_file = cluster.get_json("-n", namespace, "configmap", "kb-settings")["data"]
+    settings = yaml.safe_load(settings_file["settings.yaml"])
+    assert settings["retrieval"]["embedded"] == {"path": "/var/lib/rillet/index"}
+    assert settings["embeddings"] == {"provider": "openai", "base_url": "http://tei.models:80/v1"}
+    cluster.kubectl("delete", "-n", namespace, "chat", "kb", "--wait=false")
+    cluster.kubectl("delete", "pv", volume, "--wait=false")
 
 
 def test_kubectl_scale_fixes_the_count_and_removes_the_hpa(
