@@ -13,10 +13,13 @@ COPY runtime runtime
 COPY operator operator
 COPY docs docs
 # The wheel (hatchling builds it in an isolated environment), then the app and its
-# dependencies, pinned by constraints.txt, into a venv that is copied whole.
+# dependencies, pinned by constraints.txt, into a venv that is copied whole, with the
+# Chroma client; and the built-in index (Rillet's docs, offline embeddings) that a
+# ChatService without vectorIndex.embedded.claimName serves from /opt/rillet/index.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/rillet \
- && /opt/rillet/bin/pip install --constraint constraints.txt /wheels/*.whl \
+ && /opt/rillet/bin/pip install --constraint constraints.txt "$(ls /wheels/*.whl)[chroma]" \
+ && /opt/rillet/bin/rillet ingest docs --index /opt/rillet/index \
  && /opt/rillet/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}

@@ -55,7 +55,7 @@ IMAGE_PYTHON ?= $(or $(wildcard /usr/bin/python3.11),$(PYTHON))
 constraints: ## re-pin the image's dependencies (constraints.txt) from a clean install
 	rm -rf $(CACHE_DIR)/constraints-venv
 	$(IMAGE_PYTHON) -m venv $(CACHE_DIR)/constraints-venv
-	$(CACHE_DIR)/constraints-venv/bin/pip install --quiet .
+	$(CACHE_DIR)/constraints-venv/bin/pip install --quiet ".[chroma]"
 	{ echo "# The image's dependencies, pinned: \`make constraints\` rewrites this file."; \
 	  $(CACHE_DIR)/constraints-venv/bin/pip freeze --exclude rillet; } > constraints.txt
 

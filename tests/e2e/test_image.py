@@ -47,6 +47,7 @@ class Image:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.venv = root / "opt" / "rillet"
+        self.index = self.venv / "index"  # the Dockerfile's `rillet ingest` writes it
         self.tmp = root / "tmp"
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -83,8 +84,20 @@ def image() -> Iterator[Image]:
             "install",
             "--constraint",
             str(ROOT / "constraints.txt"),
-            *map(str, wheels.glob("*.whl")),
+            *(f"{wheel}[chroma]" for wheel in wheels.glob("*.whl")),  # as the Dockerfile
         ],
+        check=True,
+    )
+    bundled_docs = next(image.venv.glob("lib/python*/site-packages/rillet_runtime/_corpus"))
+    subprocess.run(
+        [
+            str(image.venv / "bin" / "rillet"),
+            "ingest",
+            str(bundled_docs),
+            "--index",
+            str(image.index),
+        ],
+        env=image.env(),
         check=True,
     )
     image.tmp.mkdir()
@@ -135,6 +148,7 @@ def test_the_runtime_serves_from_the_rendered_settings_and_drains(image: Image) 
         RILLET_SERVER__PORT=str(port),  # 8080 in the pod; a free port here
         RILLET_SERVER__METRICS_DIR=str(image.tmp / "rillet-metrics"),
         RILLET_SERVER__DRAIN_FILE=str(image.tmp / "draining"),
+        RILLET_RETRIEVAL__EMBEDDED__PATH=str(image.index),  # /opt/rillet/index in the image
     )
     container = builders.deployment(cs)["spec"]["template"]["spec"]["containers"][0]
     log = image.tmp / "serve.log"
