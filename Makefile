@@ -15,7 +15,8 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server control-plane run cluster operator constraints manifests test test-unit \
-	test-integration test-e2e lint format bench bench-autoscaling bench-operator bench-vectors clean
+	test-integration test-e2e lint format bench bench-autoscaling bench-operator bench-vectors \
+	bench-retrieval clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,8 +41,10 @@ redis-server: ## install redis-server from Debian's packages if it is missing (t
 control-plane: ## build etcd, the Kubernetes control plane, kubectl, KWOK and helm (cached by version)
 	@bash testcluster/build.sh >/dev/null
 
-run: venv ## serve the API on 127.0.0.1:8000: offline model, bundled docs, in-memory state
-	$(PY) -m rillet_runtime serve
+DOCS_INDEX := $(CACHE_DIR)/docs-index
+run: venv ## serve the API on 127.0.0.1:8000: offline model, the docs in the embedded index, in-memory state
+	$(PY) -m rillet_runtime ingest docs --index $(DOCS_INDEX)
+	RILLET_RETRIEVAL__EMBEDDED__PATH=$(DOCS_INDEX) $(PY) -m rillet_runtime serve
 
 cluster: venv control-plane ## a local control plane with fake nodes and the CRD, for trying the operator
 	$(PY) -m testcluster
@@ -110,6 +113,10 @@ bench-vectors: $(VECTOR_VENV)/.installed ## usearch, hnswlib and faiss on 100k a
 	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 100000 --out bench-results/vectors-100k
 	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 1000000 --out bench-results/vectors-1m
 	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 100000 --sharing --out bench-results/vectors-100k
+
+bench-retrieval: venv ## the embedded index as served: 100k and 1M vectors, k=3/10, recall, 4 workers' memory
+	$(PY) -m rillet_runtime.bench.retrieval --vectors 100000 --out bench-results/retrieval
+	$(PY) -m rillet_runtime.bench.retrieval --vectors 1000000 --out bench-results/retrieval
 
 bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
 	$(PY) -m rillet_runtime.bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
