@@ -16,7 +16,10 @@ import psutil
 import pytest
 from httpx_sse import connect_sse
 
+from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.retrieval.indexes.embedded import VECTORS
+from rillet_runtime.retrieval.retriever import reciprocal_rank_fusion
+from rillet_runtime.settings import Settings
 from tests.conftest import FakeLLM, fake_llm_process, rillet_server
 from tests.fakes.pinecone import fake_pinecone
 
@@ -249,3 +252,26 @@ def test_bad_configurations_fail_at_startup_naming_the_setting(
     assert "retrieval.hybrid needs the embedded index" in refused(
         tmp_path, **qdrant, retrieval__hybrid="true"
     )
+
+
+async def test_hybrid_fuses_vector_and_keyword_rankings(corpus: Path, tmp_path: Path) -> None:
+    """Hybrid scores are the RRF of the two rankings; switched off, they are cosines."""
+    index = tmp_path / "index"
+    ingest(corpus, index)
+    question = "what does the quokka eat at night"
+    settings = Settings(retrieval={"embedded": {"path": str(index)}})
+    async with open_retriever(settings) as hybrid:
+        assert hybrid.keyword is not None
+        prepared = await hybrid.prepare_query(question)
+        hits = await hybrid.search(prepared, 3, 0.0)
+        vector = await hybrid.index.query(prepared.vector, 20, score_threshold=0.0)
+        keyword = hybrid.keyword.search(prepared.terms, 20)
+    expected = reciprocal_rank_fusion([[m.id for m in vector], [i for i, _ in keyword]], 60)[:3]
+    assert [(h.id, h.score) for h in hits] == [(i, round(s, 5)) for i, s in expected]
+    assert hits[0].title == "Quokka FAQ: Feeding"
+
+    plain = Settings(retrieval={"embedded": {"path": str(index)}, "hybrid": False})
+    async with open_retriever(plain) as vector_only:
+        assert vector_only.keyword is None
+        hits = await vector_only.search(await vector_only.prepare_query(question), 3, 0.0)
+    assert [(h.id, h.score) for h in hits] == [(m.id, round(m.score, 4)) for m in vector[:3]]

@@ -38,7 +38,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from rillet_runtime.bench.local import RedisServer
 from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
 from rillet_runtime.llm import build_chat_model
-from rillet_runtime.retrieval import build_retriever
+from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.retrieval.documents import default_corpus_paths, iter_chunks
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import RedisCheckpointSaver
@@ -179,13 +179,16 @@ async def growth(
     settings = Settings()
     curves: dict[str, list[int]] = {}
     for compress_min_bytes, label in ((1024, "zstd"), (NO_COMPRESSION, "raw")):
-        async with RedisCheckpointSaver.connect(
-            redis_url, ttl_seconds=None, compress_min_bytes=compress_min_bytes
-        ) as saver:
+        async with (
+            RedisCheckpointSaver.connect(
+                redis_url, ttl_seconds=None, compress_min_bytes=compress_min_bytes
+            ) as saver,
+            open_retriever(settings) as retriever,
+        ):
             deps = GraphDeps(
                 model=build_chat_model(settings.model, http),
                 model_name=settings.model.name,
-                retriever=await build_retriever(settings),
+                retriever=retriever,
                 response_cache=None,
                 k=settings.retrieval.k,
                 score_threshold=settings.retrieval.score_threshold,
