@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import statistics
 import tempfile
 import time
@@ -23,10 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from usearch.index import Index
 
-from rillet_runtime.bench.vector_libs import DIMENSIONS, exact_top_k, recall, synthetic
+from rillet_runtime.bench.vector_libs import (
+    DIMENSIONS,
+    exact_top_k,
+    recall,
+    synthetic,
+    workers_memory,
+)
 from rillet_runtime.retrieval.indexes import EmbeddedIndex, Manifest, Record
 from rillet_runtime.retrieval.indexes.embedded import VECTORS, read_manifest
 
@@ -106,34 +110,16 @@ def _worker(folder: str, mapped: bool, queries: np.ndarray, ready: Any, stop: An
 
 
 def sharing(folder: Path, queries: np.ndarray) -> list[dict[str, Any]]:
-    """PSS splits shared pages among the processes using them: its sum is what a pod pays."""
-    context = multiprocessing.get_context("spawn")
-    rows = []
-    for mapped in (True, False):
-        stop = context.Event()
-        readies = [context.Event() for _ in range(WORKERS)]
-        processes = [
-            context.Process(target=_worker, args=(str(folder), mapped, queries, ready, stop))
-            for ready in readies
-        ]
-        for process in processes:
-            process.start()
-        for ready in readies:
-            ready.wait(900)
-        infos = [psutil.Process(p.pid).memory_full_info() for p in processes]
-        stop.set()
-        for process in processes:
-            process.join()
-        rows.append(
-            {
-                "workers": WORKERS,
-                "opened": "memory-mapped view (serving)" if mapped else "own copy each",
-                "pss_mib_total": round(sum(i.pss for i in infos) / 2**20, 1),
-                "rss_mib_total": round(sum(i.rss for i in infos) / 2**20, 1),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    rows[0]["ratio_to_copies"] = round(rows[0]["pss_mib_total"] / rows[1]["pss_mib_total"], 2)
+    mapped, copies = (
+        workers_memory(_worker, (str(folder), view, queries), WORKERS) for view in (True, False)
+    )
+    rows: list[dict[str, Any]] = [
+        {"workers": WORKERS, "opened": "memory-mapped view (serving)", **mapped},
+        {"workers": WORKERS, "opened": "own copy each", **copies},
+    ]
+    rows[0]["ratio_to_copies"] = round(mapped["pss_mib_total"] / copies["pss_mib_total"], 2)
+    for row in rows:
+        print(json.dumps(row), flush=True)
     return rows
 
 

@@ -193,45 +193,52 @@ def _save(library: str, vectors: np.ndarray, path: str) -> None:
         build_usearch(vectors, "f16")[0].save(path)
 
 
-def sharing(vectors: np.ndarray, queries: np.ndarray, workers: int = 4) -> list[dict[str, Any]]:
-    """Memory of `workers` processes holding the same index, opened memory-mapped versus
-    each loading its own copy. PSS splits shared pages among their users, so its sum is
-    what the pod really uses; RSS counts shared pages once per process."""
+def workers_memory(
+    target: Callable[..., None], args: tuple[Any, ...], workers: int
+) -> dict[str, float]:
+    """Spawn `workers` processes running `target(*args, ready, stop)`, and once every one
+    is ready (its index open and queried), sum their memory. PSS splits shared pages among
+    the processes using them, so its sum is what a pod really uses; RSS counts shared pages
+    once per process."""
     import multiprocessing
 
     import psutil
 
-    rows = []
     context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    readies = [context.Event() for _ in range(workers)]
+    processes = [context.Process(target=target, args=(*args, r, stop)) for r in readies]
+    for process in processes:
+        process.start()
+    for ready in readies:
+        ready.wait(900)
+    infos = [psutil.Process(p.pid).memory_full_info() for p in processes]
+    stop.set()
+    for process in processes:
+        process.join()
+    return {
+        "pss_mib_total": round(sum(i.pss for i in infos) / 2**20, 1),
+        "rss_mib_total": round(sum(i.rss for i in infos) / 2**20, 1),
+    }
+
+
+def sharing(vectors: np.ndarray, queries: np.ndarray, workers: int = 4) -> list[dict[str, Any]]:
+    """Memory of `workers` processes holding the same index, opened memory-mapped versus
+    each loading its own copy."""
+    rows = []
     with tempfile.TemporaryDirectory(prefix="rillet-vectors-") as scratch:
         for library in ("faiss", "usearch"):
             path = str(Path(scratch) / f"index.{library}")
             _save(library, vectors, path)
             for mapped in (True, False):
-                stop = context.Event()
-                readies = [context.Event() for _ in range(workers)]
-                processes = [
-                    context.Process(
-                        target=_serve_queries, args=(library, path, mapped, queries, r, stop)
-                    )
-                    for r in readies
-                ]
-                for process in processes:
-                    process.start()
-                for ready in readies:
-                    ready.wait(600)
-                infos = [psutil.Process(p.pid).memory_full_info() for p in processes]
-                stop.set()
-                for process in processes:
-                    process.join()
+                memory = workers_memory(_serve_queries, (library, path, mapped, queries), workers)
                 rows.append(
                     {
                         "library": library,
                         "workers": workers,
                         "mmap": mapped,
                         "file_mib": round(Path(path).stat().st_size / 2**20, 1),
-                        "pss_mib_total": round(sum(i.pss for i in infos) / 2**20, 1),
-                        "rss_mib_total": round(sum(i.rss for i in infos) / 2**20, 1),
+                        **memory,
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
