@@ -10,13 +10,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
 from rillet_runtime.retrieval.documents import Passage, default_corpus_paths
-from rillet_runtime.retrieval.embeddings import Embedder, build_embedder
+from rillet_runtime.retrieval.embeddings import Embedder, build_embedder, close_embedder
 from rillet_runtime.retrieval.errors import RetrievalConfigError
 from rillet_runtime.retrieval.indexes import EmbeddedIndex, MetadataFilter, open_index
 from rillet_runtime.retrieval.ingest import ingest
@@ -87,10 +88,10 @@ def make_embedder(settings: Settings, cache: RedisEmbeddingCache | None = None) 
         raise RetrievalConfigError("embeddings.api_key", str(exc).splitlines()[0]) from None
 
 
-async def ensure_default_index(settings: Settings, embedder: Embedder) -> Path:
+async def ensure_default_index(settings: Settings, embedder: Embedder, dimensions: int) -> Path:
     """The bundled docs as an embedded index in the cache folder, built (or brought up to
     date) by the same ingest as `rillet ingest`, under a lock so workers never race."""
-    folder = cache_root() / f"docs-index-{embedder.model_id}"
+    folder = cache_root() / ("docs-index-" + re.sub(r"[^\w.-]+", "-", embedder.model_id))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = (folder.parent / f"{folder.name}.lock").open("w")
@@ -102,7 +103,6 @@ async def ensure_default_index(settings: Settings, embedder: Embedder) -> Path:
         ) from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        dimensions = await embedder_dimensions(embedder)
         index = await open_index(
             settings.retrieval, embedder.model_id, dimensions, folder, create=True
         )
@@ -128,16 +128,22 @@ async def build_retriever(
 ) -> IndexRetriever:
     retrieval = settings.retrieval
     embedder = make_embedder(settings, cache)
-    path = retrieval.embedded.path
-    if retrieval.provider == "embedded" and path is None:
-        path = await ensure_default_index(settings, embedder)
-    dimensions = await embedder_dimensions(embedder)
-    index = await open_index(retrieval, embedder.model_id, dimensions, path or Path())
-    keyword = None
+    try:
+        dimensions = await embedder_dimensions(embedder)
+        path = retrieval.embedded.path
+        if retrieval.provider == "embedded" and path is None:
+            path = await ensure_default_index(settings, embedder, dimensions)
+        index = await open_index(retrieval, embedder.model_id, dimensions, path or Path())
+    except BaseException:
+        await close_embedder(embedder)
+        raise
+    retriever = IndexRetriever(
+        index, embedder, rrf_k=retrieval.rrf_k, candidates=retrieval.candidates
+    )
     if retrieval.hybrid_search and isinstance(index, EmbeddedIndex):
-        keyword = KeywordIndex.open(index.path)
-        if keyword is None:
-            await index.close()
+        retriever.keyword = KeywordIndex.open(index.path)
+        if retriever.keyword is None:
+            await retriever.close()
             raise RetrievalConfigError(
                 "retrieval.hybrid", f"{index.path} has no keyword index: re-run `rillet ingest`"
             )
@@ -148,11 +154,9 @@ async def build_retriever(
         stats.count,
         stats.dimensions,
         embedder.model_id,
-        "on" if keyword else "off",
+        "on" if retriever.keyword else "off",
     )
-    return IndexRetriever(
-        index, embedder, keyword, rrf_k=retrieval.rrf_k, candidates=retrieval.candidates
-    )
+    return retriever
 
 
 @asynccontextmanager

@@ -174,9 +174,14 @@ class CachedEmbedder:
         return normalise([vector or [] for vector in cached])
 
     async def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            await close()
+        await close_embedder(self.inner)
+
+
+async def close_embedder(embedder: Embedder) -> None:
+    """Release an embedder's connections, for the embedders that hold any."""
+    close = getattr(embedder, "close", None)
+    if close is not None:
+        await close()
 
 
 def build_embedder(settings: EmbeddingSettings, cache: RedisEmbeddingCache | None) -> Embedder:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from rillet_runtime.metrics import timed_stage
 from rillet_runtime.retrieval.documents import Passage
-from rillet_runtime.retrieval.embeddings import Embedder, Vectors
+from rillet_runtime.retrieval.embeddings import Embedder, Vectors, close_embedder
 from rillet_runtime.retrieval.indexes import MetadataFilter, VectorIndex
 from rillet_runtime.retrieval.keyword import KeywordIndex
 from rillet_runtime.retrieval.text import terms
@@ -102,6 +102,4 @@ class IndexRetriever:
 
     async def close(self) -> None:
         await self.index.close()
-        close = getattr(self.embedder, "close", None)
-        if close is not None:
-            await close()
+        await close_embedder(self.embedder)
