@@ -167,9 +167,10 @@ class EmbeddedIndex:
         self._db.executemany("DELETE FROM chunks WHERE key = ?", [(int(k),) for k in keys])
 
     def _remove_keys(self, keys: np.ndarray[Any, Any]) -> None:
-        present = [k for k in keys if self._index.contains(k)]
-        if present:
-            self._index.remove(np.array(present, dtype=np.uint64))
+        if len(keys) and len(self._index):
+            present = keys[np.asarray(self._index.contains(keys), dtype=bool)]
+            if len(present):
+                self._index.remove(present)
 
     def save(self) -> None:
         """Vectors first (atomic rename), rows second: see the module docstring."""
