@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from rillet_runtime.retrieval import RetrievalConfigError, make_embedder
 from rillet_runtime.retrieval.documents import (
     Section,
     chunk_sections,
@@ -18,7 +19,7 @@ from rillet_runtime.retrieval.documents import (
 from rillet_runtime.retrieval.embeddings import OfflineEmbedder
 from rillet_runtime.retrieval.retriever import reciprocal_rank_fusion
 from rillet_runtime.retrieval.text import token_spans
-from rillet_runtime.settings import RetrievalSettings
+from rillet_runtime.settings import RetrievalSettings, Settings
 
 
 def words(count: int, start: int = 0) -> str:
@@ -116,3 +117,10 @@ def test_settings_refuse_hybrid_where_there_is_no_keyword_index() -> None:
         RetrievalSettings(provider="pinecone")
     with pytest.raises(ValidationError, match="exactly one of url and path"):
         RetrievalSettings(provider="qdrant", qdrant={"collection": "docs"})
+
+
+def test_a_missing_optional_embedder_names_the_setting() -> None:
+    settings = Settings(embeddings={"provider": "sentence-transformers", "model": "/models/x"})
+    with pytest.raises(RetrievalConfigError, match="local-embeddings") as raised:
+        make_embedder(settings)
+    assert raised.value.setting == "embeddings.provider"
