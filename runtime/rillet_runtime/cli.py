@@ -132,6 +132,7 @@ def ingest(
     from rich.progress import Progress
 
     from rillet_runtime.retrieval import embedder_dimensions, make_embedder
+    from rillet_runtime.retrieval.embeddings import close_embedder
     from rillet_runtime.retrieval.indexes import open_index
     from rillet_runtime.retrieval.ingest import IngestReport
     from rillet_runtime.retrieval.ingest import ingest as ingest_paths
@@ -145,30 +146,28 @@ def ingest(
         raise typer.Exit(2)
 
     async def run(progress: Progress) -> IngestReport:
-        embedder = make_embedder(settings)
         task = progress.add_task("embedding", total=None)
-        dimensions = await embedder_dimensions(embedder)
-        target = await open_index(
-            retrieval,
-            embedder.model_id,
-            dimensions,
-            retrieval.embedded.path or Path(),
-            create=True,
-        )
+        embedder = make_embedder(settings)
         try:
-            return await ingest_paths(
-                paths,
-                target,
-                embedder,
-                chunk_tokens=retrieval.chunk_tokens,
-                chunk_overlap=retrieval.chunk_overlap,
-                batch_size=settings.embeddings.batch_size,
-                prune=prune,
-                on_plan=lambda total: progress.update(task, total=total),
-                on_progress=lambda done: progress.advance(task, done),
-            )
+            dimensions = await embedder_dimensions(embedder)
+            path = retrieval.embedded.path or Path()
+            target = await open_index(retrieval, embedder.model_id, dimensions, path, create=True)
+            try:
+                return await ingest_paths(
+                    paths,
+                    target,
+                    embedder,
+                    chunk_tokens=retrieval.chunk_tokens,
+                    chunk_overlap=retrieval.chunk_overlap,
+                    batch_size=settings.embeddings.batch_size,
+                    prune=prune,
+                    on_plan=lambda total: progress.update(task, total=total),
+                    on_progress=lambda done: progress.advance(task, done),
+                )
+            finally:
+                await target.close()
         finally:
-            await target.close()
+            await close_embedder(embedder)
 
     with Progress(transient=True) as progress:
         report = run_checked(run(progress))
