@@ -2,7 +2,8 @@
 what the operator renders (the ConfigMap's settings file and the Deployment's container
 env, Secret references resolved and `$(VAR)` expanded as the kubelet does) and serves.
 
-Only what a pod's surroundings supply is swapped: the listen port and scratch paths, and
+Only what a pod's surroundings supply is swapped: the listen port and scratch paths, the
+image's built-in index (built here by `rillet ingest docs`, as the Dockerfile does), and
 name resolution (the managed Redis Service name reaches a local redis-server started with
 the generated password; OpenAI's API is a local server speaking its wire protocol,
 `rillet fake-llm`, driven by the real `openai` SDK inside the runtime)."""
@@ -10,7 +11,10 @@ the generated password; OpenAI's API is a local server speaking its wire protoco
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,10 @@ from rillet_operator import builders
 from rillet_operator.meta import ChatService
 from rillet_runtime.bench.local import RedisServer, free_port
 from tests.conftest import fake_llm_process, rillet_process
+from tests.fakes.pinecone import fake_pinecone
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+EXAMPLES = DOCS / "examples"
 
 
 def load(example: str) -> ChatService:
@@ -47,12 +53,20 @@ def pod_env(cs: ChatService, secrets: dict[tuple[str, str], str]) -> dict[str, s
     return env
 
 
-def boot(cs: ChatService, tmp_path: Path, env: dict[str, str]) -> Any:
+def boot(
+    cs: ChatService, tmp_path: Path, env: dict[str, str], settings: dict[str, Any] | None = None
+) -> Any:
+    """`rillet serve` on the rendered settings (or `settings`, an edited copy of them)."""
     settings_file = tmp_path / "settings.yaml"
-    settings_file.write_text(builders.config_map(cs)["data"]["settings.yaml"])
+    rendered = builders.config_map(cs)["data"]["settings.yaml"]
+    settings_file.write_text(yaml.safe_dump(settings) if settings else rendered)
+    built_in_index = tmp_path / "index"  # /opt/rillet/index in the image
+    ingest = [sys.executable, "-m", "rillet_runtime", "ingest", str(DOCS), "--index"]
+    subprocess.run([*ingest, str(built_in_index)], check=True, capture_output=True)
     port = free_port()
     env = {
         **env,
+        "RILLET_RETRIEVAL__EMBEDDED__PATH": str(built_in_index),
         "RILLET_SETTINGS_FILE": str(settings_file),  # the ConfigMap's mount point, here
         "RILLET_SERVER__PORT": str(port),
         "RILLET_SERVER__METRICS_DIR": str(tmp_path / "metrics"),
@@ -61,10 +75,10 @@ def boot(cs: ChatService, tmp_path: Path, env: dict[str, str]) -> Any:
     return rillet_process(["serve"], env, tmp_path / "rillet.log", "/readyz", port)
 
 
-def stream(url: str) -> list[tuple[str, dict[str, Any]]]:
+def stream(url: str, message: str = "hello") -> list[tuple[str, dict[str, Any]]]:
     with (
         httpx.Client(timeout=30) as client,
-        connect_sse(client, "POST", f"{url}/v1/chat/stream", json={"message": "hello"}) as events,
+        connect_sse(client, "POST", f"{url}/v1/chat/stream", json={"message": message}) as events,
     ):
         return [(sse.event, json.loads(sse.data)) for sse in events.iter_sse()]
 
@@ -108,3 +122,55 @@ def test_the_managed_redis_example_boots_with_its_secrets_and_saves_state(
         assert "sk-test" not in builders.config_map(cs)["data"]["settings.yaml"]
     finally:
         redis_server.kill()
+
+
+def test_the_pinecone_example_answers_from_its_index_with_keys_from_secrets(
+    tmp_path: Path,
+) -> None:
+    """Pinecone is a paid service: the real `pinecone` SDK inside the runtime talks to
+    tests/fakes/pinecone.py (its data-plane REST API); OpenAI's embeddings and chat API to
+    `rillet fake-llm`. The index is filled by `rillet ingest` with the same settings."""
+    cs = load("openai-pinecone.yaml")
+    secrets = {("openai", "api-key"): "sk-test", ("pinecone", "api-key"): "pc-secret"}
+    secrets["kb-chat-redis", "password"] = "unused"
+    env = pod_env(cs, secrets)
+    assert env["RILLET_RETRIEVAL__PINECONE__API_KEY"] == "pc-secret"
+    assert env["RILLET_EMBEDDINGS__API_KEY"] == "sk-test"
+    del env["RILLET_STATE__REDIS_URL"], env["REDIS_PASSWORD"]  # state: not what this tests
+    settings = yaml.safe_load(builders.config_map(cs)["data"]["settings.yaml"])
+    settings["state"] = {"checkpointer": "memory"}
+    assert "pc-secret" not in json.dumps(settings)
+
+    with (
+        fake_pinecone(384, api_key="pc-secret") as (host, index),
+        fake_llm_process(tmp_path) as llm,
+    ):
+        swapped = {  # name resolution: the index host and OpenAI's API, here
+            "RILLET_RETRIEVAL__PINECONE__HOST": host,
+            "RILLET_EMBEDDINGS__BASE_URL": f"{llm.url}/v1",
+            "RILLET_MODEL__BASE_URL": f"{llm.url}/v1",
+        }
+        settings_file = tmp_path / "ingest-settings.yaml"
+        settings_file.write_text(yaml.safe_dump(settings))
+        ingest_env = {
+            **os.environ,
+            **env,
+            **swapped,
+            "RILLET_SETTINGS_FILE": str(settings_file),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "rillet_runtime", "ingest", str(DOCS)],
+            env=ingest_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(index.namespaces["docs"]) > 50
+        with boot(cs, tmp_path, {**env, **swapped}, settings) as server:
+            events = stream(server.url, "How do I install Rillet on a cluster?")
+    sources = next(data for name, data in events if name == "sources")["sources"]
+    assert sources
+    assert all(s["id"] in index.namespaces["docs"] for s in sources)
+    assert any(s["source"] == "install.md" for s in sources)
+    assert events[-1][0] == "done", events
