@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,9 +107,19 @@ def ask(url: str, question: str) -> list[dict[str, object]]:
     return found
 
 
-def worker_maps(master_pid: int, name: str) -> list[bool]:
+def worker_maps(url: str, master_pid: int, name: str) -> list[bool]:
+    """Which gunicorn workers map the file, once all of them are up (readiness needs one;
+    the stream capacity gauge sums every started worker's 500)."""
+    wait_for_metric(url, "rillet_stream_capacity 1000.0")
     workers = psutil.Process(master_pid).children()
     return [any(m.path.endswith(name) for m in w.memory_maps(grouped=True)) for w in workers]
+
+
+def wait_for_metric(url: str, line: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        assert time.monotonic() < deadline, f"no {line!r} in /metrics"
+        time.sleep(0.2)
 
 
 def test_serve_answers_from_the_index_and_workers_share_its_file(
@@ -123,7 +134,7 @@ def test_serve_answers_from_the_index_and_workers_share_its_file(
         assert all(set(s) == {"id", "title", "score", "source"} for s in sources)
         assert all(isinstance(s["score"], float) and s["score"] > 0 for s in sources)
         # Each gunicorn worker maps the one vectors file (usearch view), none holds a copy.
-        assert worker_maps(server.proc.pid, VECTORS) == [True, True]
+        assert worker_maps(server.url, server.proc.pid, VECTORS) == [True, True]
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
         for stage in ("embedding", "retrieval"):
             assert f'rillet_stage_duration_seconds_count{{stage="{stage}"}}' in metrics
