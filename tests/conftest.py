@@ -35,14 +35,21 @@ class Process:
 
 
 @contextlib.contextmanager
-def rillet_process(
-    args: list[str], env: dict[str, str], log: Path, ready_path: str, port: int
+def served(
+    command: list[str],
+    env: dict[str, str],
+    log: Path,
+    ready_path: str,
+    port: int,
+    cwd: Path | None = None,
 ) -> Iterator[Process]:
-    full_env = {**os.environ, **env}
+    """A server process in its own session, ready once `ready_path` answers; stopped after,
+    with whatever it started (the whole process group)."""
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rillet_runtime", *args],
-            env=full_env,
+            command,
+            env={**os.environ, **env},
+            cwd=cwd,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -53,6 +60,14 @@ def rillet_process(
         yield process
     finally:
         process.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def rillet_process(
+    args: list[str], env: dict[str, str], log: Path, ready_path: str, port: int
+) -> contextlib.AbstractContextManager[Process]:
+    return served([sys.executable, "-m", "rillet_runtime", *args], env, log, ready_path, port)
 
 
 @dataclass

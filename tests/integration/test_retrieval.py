@@ -17,12 +17,12 @@ import psutil
 import pytest
 from httpx_sse import connect_sse
 
-from rillet_runtime.bench.local import free_port, wait_until_ready
+from rillet_runtime.bench.local import free_port
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.retrieval.indexes.embedded import VECTORS
 from rillet_runtime.retrieval.retriever import reciprocal_rank_fusion
 from rillet_runtime.settings import Settings
-from tests.conftest import FakeLLM, Process, fake_llm_process, rillet_server
+from tests.conftest import FakeLLM, fake_llm_process, rillet_server, served
 from tests.fakes.pinecone import fake_pinecone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,26 +296,13 @@ def test_make_run_ingests_the_docs_and_answers_from_them(tmp_path: Path) -> None
     index = tmp_path / "docs-index"
     log = tmp_path / "make-run.log"
     env = {
-        **os.environ,
         "RILLET_SERVER__PORT": str(port),
         "RILLET_SERVER__METRICS_DIR": str(tmp_path / "metrics"),
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["make", "--no-print-directory", "run", f"DOCS_INDEX={index}"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Process(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        wait_until_ready(f"{server.url}/readyz", proc, log)
+    command = ["make", "--no-print-directory", "run", f"DOCS_INDEX={index}"]
+    with served(command, env, log, "/readyz", port, cwd=ROOT) as server:
         sources = ask(server.url, "How do I install Rillet?")
         assert any(s["source"] == "getting-started.md" for s in sources)
-    finally:
-        server.stop()
     docs = len(list((ROOT / "docs").rglob("*.md")))
     assert f"{docs} files, " in log.read_text()
     assert (index / "manifest.json").is_file()
