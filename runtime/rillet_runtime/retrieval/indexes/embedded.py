@@ -126,6 +126,8 @@ class EmbeddedIndex:
                     f"({manifest.dimensions}); ingest into a new folder",
                 )
             manifest = existing
+        else:
+            (path / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
         index = Index(
             ndim=manifest.dimensions,
             metric=manifest.metric,
@@ -141,7 +143,6 @@ class EmbeddedIndex:
             "CREATE TABLE IF NOT EXISTS chunks (key INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,"
             " text TEXT NOT NULL, metadata TEXT NOT NULL)"
         )
-        (path / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
         return cls(path, manifest, index, db, writable=True)
 
     # -- writes (ingest) ------------------------------------------------------------
