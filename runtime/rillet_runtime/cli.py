@@ -131,11 +131,10 @@ def ingest(
     """Chunk, embed and write documents into the configured index; unchanged ones are skipped."""
     from rich.progress import Progress
 
-    from rillet_runtime.retrieval import embedder_dimensions, make_embedder
+    from rillet_runtime.retrieval import embedder_dimensions, ingest_into, make_embedder
     from rillet_runtime.retrieval.embeddings import close_embedder
-    from rillet_runtime.retrieval.indexes import open_index
     from rillet_runtime.retrieval.ingest import IngestReport
-    from rillet_runtime.retrieval.ingest import ingest as ingest_paths
+    from rillet_runtime.state import open_state
 
     if index is not None:
         os.environ[INDEX_PATH_ENV] = str(index)
@@ -147,27 +146,21 @@ def ingest(
 
     async def run(progress: Progress) -> IngestReport:
         task = progress.add_task("embedding", total=None)
-        embedder = make_embedder(settings)
-        try:
-            dimensions = await embedder_dimensions(embedder)
-            path = retrieval.embedded.path or Path()
-            target = await open_index(retrieval, embedder.model_id, dimensions, path, create=True)
+        async with open_state(settings.state) as state:  # with Redis, through its cache
+            embedder = make_embedder(settings, state.embedding_cache)
             try:
-                return await ingest_paths(
-                    paths,
-                    target,
+                return await ingest_into(
+                    settings,
                     embedder,
-                    chunk_tokens=retrieval.chunk_tokens,
-                    chunk_overlap=retrieval.chunk_overlap,
-                    batch_size=settings.embeddings.batch_size,
+                    await embedder_dimensions(embedder),
+                    retrieval.embedded.path or Path(),
+                    paths,
                     prune=prune,
                     on_plan=lambda total: progress.update(task, total=total),
                     on_progress=lambda done: progress.advance(task, done),
                 )
             finally:
-                await target.close()
-        finally:
-            await close_embedder(embedder)
+                await close_embedder(embedder)
 
     with Progress(transient=True) as progress:
         report = run_checked(run(progress))

@@ -162,14 +162,23 @@ def test_openai_compatible_embeddings_through_the_redis_cache(
         "RILLET_EMBEDDINGS__BASE_URL": f"{fake.url}/v1",
         "RILLET_EMBEDDINGS__DIMENSIONS": "256",
     }
+    url = redis_server.url  # type: ignore[attr-defined]
+    with_redis = {"RILLET_STATE__CHECKPOINTER": "redis", "RILLET_STATE__REDIS_URL": url}
     index = tmp_path / "index"
     before = embedded_texts(fake)
     assert ingest(corpus, index, embeddings).startswith("3 files, 6 chunks: 6 added")
     assert embedded_texts(fake) - before == 6 + 1  # the chunks and one dimension probe
     assert '"embedding_model": "openai:fake-embed:256"' in (index / "manifest.json").read_text()
+    # With Redis, ingest embeds through its cache: a second index of the same files (say,
+    # rebuilt from scratch) costs one request, for whatever the cache does not hold yet.
+    before = embedded_texts(fake)
+    ingest(corpus, tmp_path / "first", {**embeddings, **with_redis})
+    middle = embedded_texts(fake)
+    ingest(corpus, tmp_path / "second", {**embeddings, **with_redis})
+    assert middle - before == 6 + 1
+    assert embedded_texts(fake) == middle  # every chunk and the probe came from Redis
 
     settings = {k.removeprefix("RILLET_").lower(): v for k, v in embeddings.items()}
-    url = redis_server.url  # type: ignore[attr-defined]
     with rillet_server(
         tmp_path,
         workers=1,

@@ -14,13 +14,13 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from rillet_runtime.retrieval.documents import Passage, default_corpus_paths
 from rillet_runtime.retrieval.embeddings import Embedder, build_embedder, close_embedder
 from rillet_runtime.retrieval.errors import RetrievalConfigError
 from rillet_runtime.retrieval.indexes import EmbeddedIndex, MetadataFilter, open_index
-from rillet_runtime.retrieval.ingest import ingest
+from rillet_runtime.retrieval.ingest import IngestReport, ingest
 from rillet_runtime.retrieval.keyword import KeywordIndex
 from rillet_runtime.retrieval.retriever import Hit, IndexRetriever, PreparedQuery
 from rillet_runtime.retrieval.text import terms
@@ -88,6 +88,32 @@ def make_embedder(settings: Settings, cache: RedisEmbeddingCache | None = None) 
         raise RetrievalConfigError("embeddings.api_key", str(exc).splitlines()[0]) from None
 
 
+async def ingest_into(
+    settings: Settings,
+    embedder: Embedder,
+    dimensions: int,
+    embedded_path: Path,
+    paths: Sequence[Path],
+    **options: Any,
+) -> IngestReport:
+    """`ingest` into the configured index (created if need be); options go to `ingest`."""
+    index = await open_index(
+        settings.retrieval, embedder.model_id, dimensions, embedded_path, create=True
+    )
+    try:
+        return await ingest(
+            paths,
+            index,
+            embedder,
+            chunk_tokens=settings.retrieval.chunk_tokens,
+            chunk_overlap=settings.retrieval.chunk_overlap,
+            batch_size=settings.embeddings.batch_size,
+            **options,
+        )
+    finally:
+        await index.close()
+
+
 async def ensure_default_index(settings: Settings, embedder: Embedder, dimensions: int) -> Path:
     """The bundled docs as an embedded index in the cache folder, built (or brought up to
     date) by the same ingest as `rillet ingest`, under a lock so workers never race."""
@@ -103,19 +129,7 @@ async def ensure_default_index(settings: Settings, embedder: Embedder, dimension
         ) from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        index = await open_index(
-            settings.retrieval, embedder.model_id, dimensions, folder, create=True
-        )
-        try:
-            report = await ingest(
-                default_corpus_paths(),
-                index,
-                embedder,
-                chunk_tokens=settings.retrieval.chunk_tokens,
-                chunk_overlap=settings.retrieval.chunk_overlap,
-            )
-        finally:
-            await index.close()
+        report = await ingest_into(settings, embedder, dimensions, folder, default_corpus_paths())
     if report.added or report.removed:
         log.info(
             "default index %s: %d chunks added, %d removed", folder, report.added, report.removed
