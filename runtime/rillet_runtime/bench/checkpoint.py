@@ -39,7 +39,7 @@ from rillet_runtime.bench.local import RedisServer
 from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
 from rillet_runtime.llm import build_chat_model
 from rillet_runtime.retrieval import open_retriever
-from rillet_runtime.retrieval.documents import default_corpus_paths, iter_chunks
+from rillet_runtime.retrieval.documents import corpus_files, default_corpus_paths, iter_chunks
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import RedisCheckpointSaver
 
@@ -51,7 +51,11 @@ class Prose:
     would let zstd find whole repeats and flatter the compression figures."""
 
     def __init__(self) -> None:
-        words = [w for c in iter_chunks(default_corpus_paths(), 200, 0) for w in c.text.split()]
+        words = [
+            w
+            for c in iter_chunks(corpus_files(default_corpus_paths()), 200, 0)
+            for w in c.text.split()
+        ]
         if not words:
             raise SystemExit("no corpus found: run from a checkout or an installed wheel")
         self.words = words

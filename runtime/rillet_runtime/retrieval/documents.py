@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -40,11 +40,11 @@ class Chunk:
     title: str
     text: str
     source: str
-    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
-    def passage(self) -> Passage:
-        return Passage(id=self.id, title=self.title, text=self.text, source=self.source)
+    def metadata(self) -> dict[str, str]:
+        """What an index stores beside the vector, and what filters can name."""
+        return {"source": self.source, "title": self.title}
 
 
 @dataclass(frozen=True)
@@ -185,15 +185,7 @@ def chunk_sections(
             id_ = chunk_id(source, section.title, piece)
             if id_ not in seen:  # a repeated section is indexed once
                 seen.add(id_)
-                chunks.append(
-                    Chunk(
-                        id_,
-                        section.title,
-                        piece,
-                        source,
-                        {"source": source, "title": section.title},
-                    )
-                )
+                chunks.append(Chunk(id_, section.title, piece, source))
     return chunks
 
 
@@ -212,8 +204,11 @@ def corpus_files(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     return found
 
 
-def iter_chunks(paths: Sequence[Path], max_tokens: int, overlap: int) -> Iterator[Chunk]:
-    for path, name in corpus_files(paths):
+def iter_chunks(
+    files: Sequence[tuple[Path, str]], max_tokens: int, overlap: int
+) -> Iterator[Chunk]:
+    """The chunks of `corpus_files`' files, in order."""
+    for path, name in files:
         yield from chunk_sections(read_sections(path), name, max_tokens, overlap)
 
 

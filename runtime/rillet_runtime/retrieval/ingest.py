@@ -48,7 +48,7 @@ async def ingest(
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
     files = corpus_files(paths)
-    chunks = {c.id: c for c in iter_chunks(paths, chunk_tokens, chunk_overlap)}
+    chunks = {c.id: c for c in iter_chunks(files, chunk_tokens, chunk_overlap)}
     existing = await index.list_ids()
     new = [chunk for id_, chunk in chunks.items() if id_ not in existing]
     stale = sorted(existing - chunks.keys()) if prune else []

@@ -17,8 +17,8 @@ KEYWORD_DIR = "keyword"
 _IDS = "ids.json"
 
 
-def build_keyword_index(index_path: Path, chunks: Iterable[tuple[str, str, str]]) -> int:
-    """(id, title, text) -> index_path/keyword, replaced whole; returns the chunk count."""
+def build_keyword_index(index_path: Path, chunks: Iterable[tuple[str, str, str]]) -> None:
+    """(id, title, text) -> index_path/keyword, replaced whole."""
     ids: list[str] = []
     tokens: list[list[str]] = []
     for id_, title, text in chunks:
@@ -39,7 +39,6 @@ def build_keyword_index(index_path: Path, chunks: Iterable[tuple[str, str, str]]
         target.rename(previous)
     partial.rename(target)
     shutil.rmtree(previous, ignore_errors=True)
-    return len(ids)
 
 
 class KeywordIndex:
