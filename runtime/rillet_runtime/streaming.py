@@ -23,6 +23,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.constants import TAG_HIDDEN, TAG_NOSTREAM
 from langgraph.pregel import Pregel
 
+from rillet_runtime.events import EventName, RunEvent, collecting_save_failures
 from rillet_runtime.llm.errors import classify_error
 from rillet_runtime.metrics import (
     ACTIVE_STREAMS,
@@ -32,18 +33,8 @@ from rillet_runtime.metrics import (
     TOKENS_STREAMED,
 )
 from rillet_runtime.settings import StreamingSettings
-from rillet_runtime.state.redis_saver import collecting_save_failures
 
 log = logging.getLogger(__name__)
-
-EventName = Literal["metadata", "sources", "token", "done", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class RunEvent:
-    id: int
-    event: EventName
-    data: dict[str, Any]
 
 
 @dataclass

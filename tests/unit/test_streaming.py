@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
+from rillet_runtime.events import RunEvent
 from rillet_runtime.settings import StreamingSettings
-from rillet_runtime.streaming import RunEvent, RunRequest, StreamSlot, run_events
+from rillet_runtime.streaming import RunRequest, StreamSlot, run_events
 from tests.unit.models import ScriptedModel, StatusError, one_node_graph
 
 

@@ -23,7 +23,7 @@ from rillet_runtime.api.runs import (
     new_run,
 )
 from rillet_runtime.app_state import Runtime
-from rillet_runtime.streaming import RunEvent
+from rillet_runtime.events import RunEvent
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 

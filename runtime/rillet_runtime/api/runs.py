@@ -15,9 +15,10 @@ from starlette.types import Receive, Scope, Send
 
 from rillet_runtime.api.errors import ApiError
 from rillet_runtime.app_state import Runtime
+from rillet_runtime.events import RunEvent
 from rillet_runtime.llm.timing import LLMStageTimer
 from rillet_runtime.metrics import ACTIVE_STREAMS, REQUESTS
-from rillet_runtime.streaming import RunEvent, RunRequest, StreamSlot, run_events
+from rillet_runtime.streaming import RunRequest, StreamSlot, run_events
 
 # Error codes of a failed run, as the status of a non-streaming answer.
 _STATUS_BY_CODE = {

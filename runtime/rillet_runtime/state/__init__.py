@@ -32,14 +32,13 @@ from rillet_runtime.state.caches import (
     ResponseCache,
     response_cache_key,
 )
-from rillet_runtime.state.redis_saver import RedisCheckpointSaver, collecting_save_failures
+from rillet_runtime.state.redis_saver import RedisCheckpointSaver
 
 __all__ = [
     "RedisCheckpointSaver",
     "RedisEmbeddingCache",
     "ResponseCache",
     "StateBackends",
-    "collecting_save_failures",
     "open_state",
     "response_cache_key",
 ]

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +45,12 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from rillet_runtime.events import save_failed
+
 ROOT = "rillet:cp"
 _NS_SUFFIXES = (":idx", ":cps", ":blobs", ":writes", ":wfields")
 _RAW, _ZSTD = b"r", b"z"
 _BATCH = 20
-
-# The run being streamed collects save failures here instead of failing mid-answer.
-save_failures: ContextVar[list[BaseException] | None] = ContextVar("save_failures", default=None)
 
 _TOUCH = """
 local function touch(prefix, ns_set, ttl)
@@ -482,7 +480,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             if run_id:
                 await self._index_run(run_id, next_config)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._save_failed(exc)
+            save_failed(exc)
         return next_config
 
     async def aput_writes(
@@ -496,15 +494,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         try:
             await self.client.eval(_PUT_WRITES, len(keys), *keys, *args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._save_failed(exc)
-
-    @staticmethod
-    def _save_failed(exc: BaseException) -> None:
-        """Inside a streamed run: note it and let the answer finish; elsewhere: raise."""
-        failures = save_failures.get()
-        if failures is None:
-            raise exc
-        failures.append(exc)
+            save_failed(exc)
 
     async def _index_run(self, run_id: str, config: RunnableConfig) -> None:
         c = config["configurable"]
@@ -739,15 +729,4 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         return f"{current_v + 1:032}.{random.random():016}"
 
 
-@contextmanager
-def collecting_save_failures() -> Iterator[list[BaseException]]:
-    """Around a streamed run: saves that fail are listed, not raised."""
-    failures: list[BaseException] = []
-    token = save_failures.set(failures)
-    try:
-        yield failures
-    finally:
-        save_failures.reset(token)
-
-
-__all__ = ["RedisCheckpointSaver", "ThreadKeys", "collecting_save_failures", "save_failures"]
+__all__ = ["RedisCheckpointSaver", "ThreadKeys"]

@@ -21,8 +21,8 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
+from rillet_runtime.events import RunEvent
 from rillet_runtime.settings import StreamingSettings
-from rillet_runtime.streaming import RunEvent
 
 log = logging.getLogger(__name__)
 
