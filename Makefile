@@ -110,25 +110,25 @@ $(VECTOR_VENV)/.installed:
 	touch $@
 
 bench-vectors: $(VECTOR_VENV)/.installed ## usearch, hnswlib and faiss on 100k and 1M vectors; 4 workers' memory
-	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 100000 --out bench-results/vectors-100k
-	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 1000000 --out bench-results/vectors-1m
-	$(VECTOR_VENV)/bin/python -m rillet_runtime.bench.vector_libs --vectors 100000 --sharing --out bench-results/vectors-100k
+	$(VECTOR_VENV)/bin/python -m bench.vector_libs --vectors 100000 --out bench-results/vectors-100k
+	$(VECTOR_VENV)/bin/python -m bench.vector_libs --vectors 1000000 --out bench-results/vectors-1m
+	$(VECTOR_VENV)/bin/python -m bench.vector_libs --vectors 100000 --sharing --out bench-results/vectors-100k
 
 bench-retrieval: venv ## the embedded index as served: 100k and 1M vectors, k=3/10, recall, 4 workers' memory
-	$(PY) -m rillet_runtime.bench.retrieval --vectors 100000 --out bench-results/retrieval
-	$(PY) -m rillet_runtime.bench.retrieval --vectors 1000000 --out bench-results/retrieval
+	$(PY) -m bench.retrieval --vectors 100000 --out bench-results/retrieval
+	$(PY) -m bench.retrieval --vectors 1000000 --out bench-results/retrieval
 
 bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
-	$(PY) -m rillet_runtime.bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
-	$(PY) -m rillet_runtime.bench.checkpoint --out bench-results
+	$(PY) -m bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
+	$(PY) -m bench.checkpoint --out bench-results
 	$(PY) -m testcluster.bench --out bench-results
-	$(PY) -m rillet_runtime.bench.autoscaling --measure --out bench-results
+	$(PY) -m bench.autoscaling --measure --out bench-results
 
 bench-operator: venv control-plane ## apply-to-Ready and operator memory on the test control plane
 	$(PY) -m testcluster.bench --out bench-results
 
 bench-autoscaling: venv ## measure one pod's curve, then simulate a day against each autoscaling policy
-	$(PY) -m rillet_runtime.bench.autoscaling --measure --out bench-results
+	$(PY) -m bench.autoscaling --measure --out bench-results
 
 clean: ## remove caches in the checkout (the venv cache stays)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache bench-results

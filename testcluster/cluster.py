@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from rillet_runtime.bench.local import free_port, stop_process_group
+from tests.support.processes import free_port, stop_process_group
 
 HERE = Path(__file__).resolve().parent
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rillet_runtime.bench.local import free_port, stop_process_group, wait_until_ready
 from testcluster.cluster import TestCluster
+from tests.support.processes import free_port, stop_process_group, wait_until_ready
 
 
 class OperatorProcess:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from rillet_runtime.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `rillet serve` should not load the bench
-    from rillet_runtime.bench import loadgen
+    from rillet_runtime import loadgen
 
 T = TypeVar("T")
 
@@ -348,8 +348,8 @@ def bench(
     import asyncio
     import json
 
-    from rillet_runtime.bench import calibrate as calibration
-    from rillet_runtime.bench import loadgen
+    from rillet_runtime import calibrate as calibration
+    from rillet_runtime import loadgen
 
     if api not in loadgen.APIS:
         raise typer.BadParameter(f"one of {', '.join(loadgen.APIS)}", param_hint="--api")
@@ -419,7 +419,7 @@ async def _bench(
     from rich.console import Console
     from rich.live import Live
 
-    from rillet_runtime.bench import loadgen
+    from rillet_runtime import loadgen
 
     progress = loadgen.Progress()
     started = time.perf_counter()

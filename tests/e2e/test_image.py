@@ -26,11 +26,10 @@ from httpx_sse import connect_sse
 
 from rillet_operator import builders
 from rillet_operator.meta import ChatService
-from rillet_runtime.bench.local import free_port
 from testcluster import TestCluster
 from testcluster.operator import OperatorProcess
-from tests.conftest import wait_until_ready
 from tests.e2e.test_operator import EXAMPLES, manifest, wait_for, wait_ready
+from tests.support.processes import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_UID = 10001

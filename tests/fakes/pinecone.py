@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rillet_runtime.bench.local import free_port
+from tests.support.processes import free_port
 
 PAGE = 100
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage
 
-from rillet_runtime.bench.floor import serve_command
-from rillet_runtime.bench.local import free_port
-from tests.conftest import FakeLLM, Process, fake_llm_process, rillet_server, wait_until_ready
+from bench.floor import serve_command
+from tests.support.processes import free_port, wait_until_ready
+from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ async def test_the_graph_for_langgraphs_server_streams_from_the_model(
     monkeypatch.setenv("RILLET_MODEL__PROVIDER", "openai")
     monkeypatch.setenv("RILLET_MODEL__NAME", "fake")
     monkeypatch.setenv("RILLET_MODEL__BASE_URL", f"{fake.url}/v1")
-    module = importlib.import_module("rillet_runtime.bench.langgraph_app")
+    module = importlib.import_module("bench.langgraph_app")
     chunks = [
         chunk
         async for chunk, _ in module.graph.astream(

@@ -18,7 +18,7 @@ import psutil
 from httpx_sse import aconnect_sse
 
 from rillet_runtime.fakellm import answer_tokens
-from tests.conftest import fake_llm_process, rillet_server
+from tests.support.servers import fake_llm_process, rillet_server
 
 TOKENS = 40  # 50 ms apart: each stream runs about 2 s
 DRAIN_SECONDS = 3

@@ -25,9 +25,9 @@ from httpx_sse import connect_sse
 
 from rillet_operator import builders
 from rillet_operator.meta import ChatService
-from rillet_runtime.bench.local import RedisServer, free_port
-from tests.conftest import fake_llm_process, rillet_process
 from tests.fakes.pinecone import fake_pinecone
+from tests.support.processes import RedisServer, free_port
+from tests.support.servers import fake_llm_process, rillet_process
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLES = DOCS / "examples"

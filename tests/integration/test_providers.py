@@ -16,7 +16,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from rillet_runtime.fakellm import answer_tokens
-from tests.conftest import FakeLLM, Process, fake_llm_process, rillet_server
+from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
 TOKENS = 200  # 20 ms apart: a 4 s answer, long enough to disconnect in the middle
 EXPECTED = "".join(answer_tokens(TOKENS))

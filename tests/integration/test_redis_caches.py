@@ -14,7 +14,7 @@ from rillet_runtime.state.caches import (
     embedding_cache_key,
     response_cache_key,
 )
-from tests.conftest import RedisServer
+from tests.support.processes import RedisServer
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
 from redis.crc import key_slot
 
-from rillet_runtime.bench.checkpoint import history_graph
+from bench.checkpoint import history_graph
 from rillet_runtime.settings import StateSettings
 from rillet_runtime.state import serializer
 from rillet_runtime.state.redis_saver import RedisCheckpointSaver
-from tests.conftest import RedisServer
+from tests.support.processes import RedisServer
 
 API = pytest.mark.parametrize("api", ["async", "sync"])
 

@@ -15,7 +15,8 @@ import pytest
 from httpx_sse import connect_sse
 
 from rillet_runtime.fakellm import answer_tokens
-from tests.conftest import FakeLLM, Process, RedisServer, fake_llm_process, rillet_server
+from tests.support.processes import RedisServer
+from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
 TOKENS = 60  # 40 ms apart: a 2.4 s answer
 EXPECTED = "".join(answer_tokens(TOKENS))

@@ -17,13 +17,13 @@ import psutil
 import pytest
 from httpx_sse import connect_sse
 
-from rillet_runtime.bench.local import free_port
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.retrieval.indexes.embedded import VECTORS
 from rillet_runtime.retrieval.retriever import reciprocal_rank_fusion
 from rillet_runtime.settings import Settings
-from tests.conftest import FakeLLM, fake_llm_process, rillet_server, served
 from tests.fakes.pinecone import fake_pinecone
+from tests.support.processes import free_port
+from tests.support.servers import FakeLLM, fake_llm_process, rillet_server, served
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG_SECTION = " ".join(f"Scaling note {i} keeps the latency target." for i in range(150))

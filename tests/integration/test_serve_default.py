@@ -15,7 +15,7 @@ import pytest
 from httpx_sse import aconnect_sse, connect_sse
 
 from rillet_runtime.llm.extractive import PREAMBLE
-from tests.conftest import Process, rillet_server
+from tests.support.servers import Process, rillet_server
 
 QUESTION = "How do I install Rillet?"
 

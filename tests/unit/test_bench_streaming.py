@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rillet_runtime.bench.streaming import derive, ratios
+from bench.streaming import derive, ratios
 
 
 def wave(server: str, level: int, ttft_p99: float, ok: int | None = None) -> dict[str, Any]:

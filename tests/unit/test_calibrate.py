@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rillet_runtime.bench.calibrate import Step, Targets, capacity, next_concurrency
+from rillet_runtime.calibrate import Step, Targets, capacity, next_concurrency
 
 TARGETS = Targets(ttft_p95_ms=500, inter_token_p95_ms=100)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rillet_runtime.bench.loadgen import APIS, Endpoint, LoadPlan, StreamResult, _Body, summarize
+from rillet_runtime.loadgen import APIS, Endpoint, LoadPlan, StreamResult, _Body, summarize
 
 SSE = (
     b"event: metadata\ndata: {}\n\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rillet_runtime.bench.autoscaling import CURVE, Setting, chat_service, run_policy
-from rillet_runtime.bench.simulate import (
+from bench.autoscaling import CURVE, Setting, chat_service, run_policy
+from bench.simulate import (
     PodCurve,
     Pods,
     day_of_traffic,

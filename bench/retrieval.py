@@ -1,7 +1,7 @@
 """The embedded index as the runtime uses it: build, query latency, recall and the memory
 of four workers, on synthetic 384-dimensional vectors.
 
-    python -m rillet_runtime.bench.retrieval --vectors 100000 --out bench-results/retrieval
+    python -m bench.retrieval --vectors 100000 --out bench-results/retrieval
 
 Everything goes through `EmbeddedIndex` (usearch graph + SQLite rows), so a query's time
 includes reading its hits' metadata. Side by side in the same run: exact search (numpy,
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from usearch.index import Index
 
-from rillet_runtime.bench.vector_libs import (
+from bench.vector_libs import (
     DIMENSIONS,
     exact_top_k,
     recall,

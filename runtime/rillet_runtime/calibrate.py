@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rillet_runtime.bench.loadgen import StreamResult, percentiles
+from rillet_runtime.loadgen import StreamResult, percentiles
 
 MAX_ERROR_RATE = 0.01  # a step with more failed streams than this does not hold
 

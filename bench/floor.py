@@ -3,7 +3,7 @@ model's tokens as SSE events, with no graph, no state and no SSE library. The st
 benchmark serves it with the same gunicorn and uvicorn worker as Rillet.
 
     RILLET_FLOOR_MODEL_URL=http://127.0.0.1:8400/v1 gunicorn -k uvicorn_worker.UvicornWorker \\
-        rillet_runtime.bench.floor:app
+        bench.floor:app
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def serve_command(port: int) -> list[str]:
     return [
         *(sys.executable, "-m", "gunicorn", "--workers", "1"),
         *("--worker-class", "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}"),
-        "rillet_runtime.bench.floor:app",
+        "bench.floor:app",
     ]
 
 

@@ -5,7 +5,7 @@ at a fixed time to first token and delay between tokens:
 
 - model: the fake model itself, through its OpenAI-compatible API: the baseline;
 - floor: a bare Starlette endpoint relaying the model's tokens as SSE, no graph: the
-  floor for Python SSE here (`rillet_runtime.bench.floor`);
+  floor for Python SSE here (`bench.floor`);
 - rillet (memory) and rillet (redis): `rillet serve` with the built-in RAG graph;
 - langgraph: the same graph on LangGraph's own server (`langgraph dev`, in-memory), when
   its virtual environment is there (`make bench` builds it).
@@ -17,7 +17,7 @@ inter-token p99 they add to the model's, the server's CPU seconds per 1,000 mode
 per server: the highest level whose added TTFT p99 stays under 50 ms, and the resident
 memory per 1,000 open streams.
 
-    python -m rillet_runtime.bench.streaming --out bench-results [--langgraph-venv DIR]
+    python -m bench.streaming --out bench-results [--langgraph-venv DIR]
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from typing import Any
 import httpx
 import psutil
 
-from rillet_runtime.bench import loadgen
-from rillet_runtime.bench.floor import serve_command as floor_command
-from rillet_runtime.bench.local import (
+from bench.floor import serve_command as floor_command
+from rillet_runtime import loadgen
+from tests.support.processes import (
     RedisServer,
     free_port,
     stop_process_group,
@@ -56,7 +56,7 @@ TTFT_MS = 200
 TOKEN_DELAY_MS = 20
 BOUNDS_MS = (50, 250, 1000)  # added TTFT p99 bounds; the issue's target is the first
 QUESTION = "How do I install Rillet?"
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -370,12 +370,12 @@ async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> di
             port = free_port()
             app_dir = work / "langgraph-app"
             app_dir.mkdir()
-            graph = "rillet_runtime.bench.langgraph_app:graph"
+            graph = "bench.langgraph_app:graph"
             config = {"dependencies": ["."], "graphs": {"agent": graph}}
             (app_dir / "langgraph.json").write_text(json.dumps(config))
             env = {
                 **model_env,
-                "PYTHONPATH": f"{ROOT / 'runtime'}",
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT)]),
                 "LANGGRAPH_CLI_NO_ANALYTICS": "1",
                 "LOG_LEVEL": "WARNING",
             }

@@ -1,7 +1,7 @@
 """The autoscaling benchmark: measure one pod's curve, then simulate a day of traffic
-against each policy with it (rillet_runtime.bench.simulate), side by side.
+against each policy with it (bench.simulate), side by side.
 
-    python -m rillet_runtime.bench.autoscaling --measure --out bench-results
+    python -m bench.autoscaling --measure --out bench-results
 
 --measure runs a real 2-worker `rillet serve` against the fake model (TTFT 200 ms, 20 ms
 per token) and records TTFT p95 and CPU cores per concurrency; without it the committed
@@ -21,11 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rillet_operator.meta import ChatService
-from rillet_operator.spec import ChatServiceSpec
-from rillet_runtime.bench import loadgen
-from rillet_runtime.bench.local import free_port
-from rillet_runtime.bench.simulate import (
+from bench.simulate import (
     Kpa,
     Outcome,
     PodCurve,
@@ -37,9 +33,13 @@ from rillet_runtime.bench.simulate import (
     rillet_policy,
     simulate,
 )
-from rillet_runtime.bench.streaming import QUESTION, TOKEN_DELAY_MS, TTFT_MS, Server, started
+from bench.streaming import QUESTION, TOKEN_DELAY_MS, TTFT_MS, Server, started
+from rillet_operator.meta import ChatService
+from rillet_operator.spec import ChatServiceSpec
+from rillet_runtime import loadgen
+from tests.support.processes import free_port
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 CURVE = ROOT / "docs" / "data" / "pod-curve.json"
 WORKERS = 2
 ADMITTED = WORKERS * 100  # the default max_concurrent_streams_per_worker

@@ -1,6 +1,6 @@
 """Which HNSW library should back the embedded vector index? Measured side by side.
 
-    python -m rillet_runtime.bench.vector_libs --vectors 100000 --out bench-results
+    python -m bench.vector_libs --vectors 100000 --out bench-results
 
 Runs in its own venv (`make bench-vectors`): usearch, hnswlib and faiss-cpu are not
 runtime dependencies until one is chosen. The same synthetic 384-dimensional vectors

@@ -9,7 +9,7 @@ LangGraph's InMemorySaver (the floor: same serializer, no network) in the same r
    LangGraph's `add_messages` (every turn stores the whole list again), and a full history
    in a `DeltaChannel` (every turn stores only what it added).
 
-    python -m rillet_runtime.bench.checkpoint --out bench-results
+    python -m bench.checkpoint --out bench-results
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
-from rillet_runtime.bench.local import RedisServer
 from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
 from rillet_runtime.llm import build_chat_model
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.retrieval.documents import corpus_files, default_corpus_paths, iter_chunks
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import RedisCheckpointSaver
+from tests.support.processes import RedisServer
 
 NO_COMPRESSION = 2**62
 

@@ -1,5 +1,5 @@
-"""Local processes the benchmarks and the tests share: free loopback ports, waiting for a
-process to be ready, stopping its process group, a redis-server."""
+"""Local processes the tests, the benchmarks and the test cluster share: free loopback
+ports, waiting for a process to be ready, stopping its process group, a redis-server."""
 
 from __future__ import annotations
 

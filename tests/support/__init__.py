@@ -1,0 +1,2 @@
+"""Helpers the tests, the benchmarks (bench/) and the test cluster import: tooling, never
+shipped. Fixtures stay in tests/conftest.py."""
