@@ -14,7 +14,8 @@ from sse_starlette.sse import AppStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
-from rillet_runtime.api import chat, openai_compat, ops
+from rillet_runtime.admission import Admission
+from rillet_runtime.api import chat, openai_compat, ops, runs
 from rillet_runtime.api.errors import (
     BodyLimitMiddleware,
     http_exception_handler,
@@ -23,19 +24,17 @@ from rillet_runtime.api.errors import (
 )
 from rillet_runtime.app_state import LifespanState, Runtime
 from rillet_runtime.graph import GraphDeps, load_graph
-from rillet_runtime.lifecycle import Lifecycle
 from rillet_runtime.llm import build_chat_model
 from rillet_runtime.metrics import STREAM_CAPACITY
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import open_state
-from rillet_runtime.state.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
-    lifecycle = Lifecycle(settings.server.max_streams_per_worker, settings.server.drain_file)
+    admission = Admission(settings.server.max_streams_per_worker, settings.server.drain_file)
     # sse-starlette would cancel every open stream on SIGTERM; we drain them instead.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
@@ -47,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         async with (
             httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds) as http,
-            open_state(settings.state) as state,
+            open_state(settings.state, settings.streaming) as state,
             open_retriever(settings, state.embedding_cache) as retriever,
         ):
             deps = GraphDeps(
@@ -61,10 +60,10 @@ def create_app(settings: Settings) -> FastAPI:
             )
             runtime = Runtime(
                 settings=settings,
-                lifecycle=lifecycle,
+                admission=admission,
                 graph=load_graph(settings.graph, deps, state.checkpointer),
                 checkpointer=state.checkpointer,
-                run_log=RunLog.for_settings(state.redis, settings.streaming),
+                run_log=state.run_log,
             )
             # Everything built so far (imported libraries, models, the corpus) lives as
             # long as the worker: out of the collector's sight, a full collection no
@@ -82,13 +81,14 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.lifecycle = lifecycle
+    app.state.admission = admission
     app.add_exception_handler(RequestValidationError, validation_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unhandled_exception_handler)
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # never touches text/event-stream
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.include_router(chat.router)
+    app.include_router(runs.router)
     app.include_router(openai_compat.router)
     app.include_router(ops.router)
     return app

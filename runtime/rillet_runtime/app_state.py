@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 
-from rillet_runtime.lifecycle import Lifecycle
+from rillet_runtime.admission import Admission
 from rillet_runtime.settings import Settings
 from rillet_runtime.state.run_log import RunLog
 
@@ -18,7 +18,7 @@ class Runtime:
     """Built once per worker process by the lifespan."""
 
     settings: Settings
-    lifecycle: Lifecycle
+    admission: Admission
     graph: Pregel[Any, Any, Any, Any]
     checkpointer: BaseCheckpointSaver[Any]
     run_log: RunLog | None  # set when runs are resumable (Redis state)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 import anyio
@@ -26,7 +26,6 @@ from langgraph.pregel import Pregel
 from rillet_runtime.events import EventName, RunEvent, collecting_save_failures
 from rillet_runtime.llm.errors import classify_error
 from rillet_runtime.metrics import (
-    ACTIVE_STREAMS,
     INTER_TOKEN_LATENCY,
     REQUESTS,
     TIME_TO_FIRST_TOKEN,
@@ -37,18 +36,10 @@ from rillet_runtime.settings import StreamingSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StreamSlot:
-    """A stream's share of the worker's capacity; released exactly once."""
+class Slot(Protocol):
+    """What admission gave the stream (`admission.StreamSlot`): released when the run ends."""
 
-    release_fn: Callable[[], None]
-    released: bool = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.release_fn()
-            ACTIVE_STREAMS.dec()
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -185,7 +176,7 @@ async def run_events(
     request: RunRequest,
     settings: StreamingSettings,
     max_seconds: float,
-    slot: StreamSlot,
+    slot: Slot,
 ) -> AsyncIterator[RunEvent]:
     """Yield metadata, sources, coalesced tokens, then done or error; always ends."""
     loop = asyncio.get_running_loop()

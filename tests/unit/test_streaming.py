@@ -10,7 +10,7 @@ from langchain_core.messages import HumanMessage
 
 from rillet_runtime.events import RunEvent
 from rillet_runtime.settings import StreamingSettings
-from rillet_runtime.streaming import RunRequest, StreamSlot, run_events
+from rillet_runtime.streaming import RunRequest, run_events
 from tests.unit.models import ScriptedModel, StatusError, one_node_graph
 
 
@@ -33,7 +33,7 @@ def start(model: ScriptedModel, max_seconds: float = 30, **streaming: Any) -> tu
         endpoint="test",
     )
     settings = StreamingSettings(**streaming)
-    events = run_events(request, settings, max_seconds, StreamSlot(slot_counter.release))
+    events = run_events(request, settings, max_seconds, slot_counter)
     return events, slot_counter
 
 

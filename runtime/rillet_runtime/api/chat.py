@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Path, Response
 from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
+from rillet_runtime.api.deps import RuntimeDep, admit_stream, collect, events_for, new_run
 from rillet_runtime.api.errors import ApiError, require_json
-from rillet_runtime.api.runs import (
-    RuntimeDep,
-    SlotEventSourceResponse,
-    admit_stream,
-    collect,
-    events_for,
-    new_run,
-)
+from rillet_runtime.api.sse import SlotEventSourceResponse, from_origin, sse_events
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.events import RunEvent
 
@@ -72,17 +64,6 @@ def _run_for(runtime: Runtime, body: ChatRequest, endpoint: str, tenant: str | N
     return new_run(runtime, graph_input, thread_id, endpoint, tenant)
 
 
-def to_sse(event: RunEvent) -> ServerSentEvent:
-    return ServerSentEvent(
-        data=orjson.dumps(event.data).decode(), event=event.event, id=str(event.id), sep="\n"
-    )
-
-
-async def _sse(events: AsyncIterator[RunEvent]) -> AsyncIterator[ServerSentEvent]:
-    async for event in events:
-        yield to_sse(event)
-
-
 @router.post(
     "/chat/stream",
     dependencies=[Depends(require_json)],
@@ -98,45 +79,13 @@ async def chat_stream(
     events = events_for(runtime, run, slot)
     heartbeat = runtime.settings.streaming.heartbeat_seconds
     if runtime.run_log is None:
-        return SlotEventSourceResponse(_sse(events), slot, heartbeat)
+        return SlotEventSourceResponse(sse_events(events), slot, heartbeat)
     # Resumable: the run belongs to the worker, not to this connection.
     origin: asyncio.Queue[RunEvent | None] = asyncio.Queue(
         runtime.settings.streaming.queue_max_events
     )
     detach = runtime.run_log.publish(run.run_id, events, origin)
-    return EventSourceResponse(_from_origin(origin, detach), ping=heartbeat, sep="\n")
-
-
-async def _from_origin(
-    origin: asyncio.Queue[RunEvent | None], detach: Callable[[], None]
-) -> AsyncIterator[ServerSentEvent]:
-    try:
-        while (event := await origin.get()) is not None:
-            yield to_sse(event)
-    finally:
-        detach()
-
-
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^\d{1,9}$")]
-
-
-@router.get("/runs/{run_id}/stream", responses={200: {"content": {"text/event-stream": {}}}})
-async def resume_stream(
-    run_id: Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")],
-    runtime: RuntimeDep,
-    last_event_id: LastEventId = None,
-) -> EventSourceResponse:
-    """Replay a run's events after `Last-Event-ID`, then follow it live, from any worker."""
-    if runtime.run_log is None:
-        raise ApiError(404, "resume_unavailable", "resumable streams need the Redis state store")
-    events = await runtime.run_log.follow(run_id, int(last_event_id or 0))
-    if events is None:
-        raise ApiError(
-            404, "run_not_found", f"run {run_id!r} is unknown or expired", param="run_id"
-        )
-    return EventSourceResponse(
-        _sse(events), ping=runtime.settings.streaming.heartbeat_seconds, sep="\n"
-    )
+    return EventSourceResponse(from_origin(origin, detach), ping=heartbeat, sep="\n")
 
 
 @router.post("/chat", dependencies=[Depends(require_json)])

@@ -17,15 +17,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import ServerSentEvent
 
+from rillet_runtime.api.deps import RuntimeDep, admit_stream, collect, events_for, new_run
 from rillet_runtime.api.errors import ApiError, error_body, require_json
-from rillet_runtime.api.runs import (
-    RuntimeDep,
-    SlotEventSourceResponse,
-    admit_stream,
-    collect,
-    events_for,
-    new_run,
-)
+from rillet_runtime.api.sse import SlotEventSourceResponse
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.events import RunEvent
 

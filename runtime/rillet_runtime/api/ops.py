@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from rillet_runtime.lifecycle import Lifecycle
+from rillet_runtime.admission import Admission
 from rillet_runtime.metrics import render_latest
 
 router = APIRouter(tags=["operations"])
@@ -18,10 +18,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    lifecycle: Lifecycle = request.app.state.lifecycle
-    if lifecycle.draining:
+    admission: Admission = request.app.state.admission
+    if admission.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
-    return JSONResponse({"status": "ready", "active_streams": lifecycle.active_streams})
+    return JSONResponse({"status": "ready", "active_streams": admission.active_streams})
 
 
 @router.get("/metrics")

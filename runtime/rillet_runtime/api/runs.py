@@ -1,133 +1,35 @@
-"""What every chat endpoint shares: admission, run setup, SSE responses, collecting answers."""
+"""`GET /v1/runs/{run_id}/stream`: rejoin a run from any worker (resumable streams)."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Request
-from langchain_core.runnables import RunnableConfig
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Receive, Scope, Send
+from fastapi import APIRouter, Header, Path
+from sse_starlette import EventSourceResponse
 
+from rillet_runtime.api.deps import RuntimeDep
 from rillet_runtime.api.errors import ApiError
-from rillet_runtime.app_state import Runtime
-from rillet_runtime.events import RunEvent
-from rillet_runtime.llm.timing import LLMStageTimer
-from rillet_runtime.metrics import ACTIVE_STREAMS, REQUESTS
-from rillet_runtime.streaming import RunRequest, StreamSlot, run_events
+from rillet_runtime.api.sse import sse_events
 
-# Error codes of a failed run, as the status of a non-streaming answer.
-_STATUS_BY_CODE = {
-    "provider_unavailable": 503,
-    "state_unavailable": 503,
-    "provider_rate_limited": 503,
-    "provider_timeout": 504,
-    "stream_timeout": 504,
-    "provider_error": 502,
-}
+router = APIRouter(prefix="/v1", tags=["runs"])
+
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^\d{1,9}$")]
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
-    """A slot for one more stream, or 503 with Retry-After: never a hung connection."""
-    lifecycle = runtime.lifecycle
-    retry_after = {"Retry-After": str(runtime.settings.server.retry_after_seconds)}
-    if lifecycle.draining:
-        REQUESTS.labels(endpoint, "rejected_draining").inc()
+@router.get("/runs/{run_id}/stream", responses={200: {"content": {"text/event-stream": {}}}})
+async def resume_stream(
+    run_id: Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")],
+    runtime: RuntimeDep,
+    last_event_id: LastEventId = None,
+) -> EventSourceResponse:
+    """Replay a run's events after `Last-Event-ID`, then follow it live, from any worker."""
+    if runtime.run_log is None:
+        raise ApiError(404, "resume_unavailable", "resumable streams need the Redis state store")
+    events = await runtime.run_log.follow(run_id, int(last_event_id or 0))
+    if events is None:
         raise ApiError(
-            503, "draining", "this instance is shutting down; retry", headers=retry_after
+            404, "run_not_found", f"run {run_id!r} is unknown or expired", param="run_id"
         )
-    if not lifecycle.try_acquire_stream():
-        REQUESTS.labels(endpoint, "rejected_capacity").inc()
-        raise ApiError(
-            503, "over_capacity", "too many concurrent streams; retry", headers=retry_after
-        )
-    ACTIVE_STREAMS.inc()
-    return StreamSlot(lifecycle.release_stream)
-
-
-def new_run(
-    runtime: Runtime, graph_input: Any, thread_id: str, endpoint: str, tenant: str | None = None
-) -> RunRequest:
-    run_id = uuid.uuid4()
-    config: RunnableConfig = {
-        # run_id in `configurable` too: checkpoint metadata records it (delete_for_runs).
-        "configurable": {"thread_id": thread_id, "tenant": tenant, "run_id": str(run_id)},
-        "run_id": run_id,
-        "callbacks": [LLMStageTimer()],
-    }
-    return RunRequest(
-        graph=runtime.graph,
-        graph_input=graph_input,
-        config=config,
-        thread_id=thread_id,
-        run_id=str(run_id),
-        endpoint=endpoint,
+    return EventSourceResponse(
+        sse_events(events), ping=runtime.settings.streaming.heartbeat_seconds, sep="\n"
     )
-
-
-def events_for(runtime: Runtime, run: RunRequest, slot: StreamSlot) -> AsyncIterator[RunEvent]:
-    settings = runtime.settings
-    return run_events(run, settings.streaming, settings.server.max_stream_seconds, slot)
-
-
-class SlotEventSourceResponse(EventSourceResponse):
-    """Gives the stream slot back even if the client left before the body started."""
-
-    def __init__(
-        self, content: AsyncIterator[ServerSentEvent], slot: StreamSlot, ping: float
-    ) -> None:
-        super().__init__(content, ping=ping, sep="\n")
-        self._slot = slot
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._slot.release()
-
-
-@dataclass
-class CollectedRun:
-    """A whole run gathered for the non-streaming endpoints."""
-
-    run_id: str = ""
-    thread_id: str = ""
-    chunks: list[str] = field(default_factory=list)
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    done: dict[str, Any] = field(default_factory=dict)
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def answer(self) -> str:
-        return "".join(self.chunks)
-
-
-async def collect(events: AsyncIterator[RunEvent]) -> CollectedRun:
-    collected = CollectedRun()
-    async for event in events:
-        match event.event:
-            case "metadata":
-                collected.run_id = event.data["run_id"]
-                collected.thread_id = event.data["thread_id"]
-            case "token":
-                collected.chunks.append(event.data["text"])
-            case "sources":
-                collected.sources = event.data["sources"]
-            case "done":
-                collected.done = event.data
-            case "error":
-                status = _STATUS_BY_CODE.get(event.data["code"], 500)
-                raise ApiError(status, event.data["code"], event.data["message"])
-    return collected

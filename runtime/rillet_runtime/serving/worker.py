@@ -20,20 +20,20 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from rillet_runtime.lifecycle import Lifecycle
+from rillet_runtime.admission import Admission
 
 
 class DrainingServer(Server):
-    def __init__(self, config: Config, lifecycle: Lifecycle, drain_seconds: float) -> None:
+    def __init__(self, config: Config, admission: Admission, drain_seconds: float) -> None:
         super().__init__(config)
-        self.lifecycle = lifecycle
+        self.admission = admission
         self.drain_seconds = drain_seconds
         self.terminating = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and not self.terminating:
             self.terminating = True
-            self.lifecycle.begin_drain()
+            self.admission.begin_drain()
             return
         super().handle_exit(sig, frame)
 
@@ -41,13 +41,13 @@ class DrainingServer(Server):
         # Only SIGTERM ends a worker. A drain file (`rillet drain` in preStop) only turns
         # readiness off: were the worker to exit on it, gunicorn would start another, which
         # would see the file and exit too, and requests would hang on the churn.
-        lifecycle = self.lifecycle
-        if not self.should_exit and self.terminating and self._drain_done(lifecycle):
+        admission = self.admission
+        if not self.should_exit and self.terminating and self._drain_done(admission):
             self.should_exit = True
         return await super().on_tick(counter)
 
-    def _drain_done(self, lifecycle: Lifecycle) -> bool:
-        return lifecycle.active_streams == 0 or lifecycle.seconds_draining() >= self.drain_seconds
+    def _drain_done(self, admission: Admission) -> bool:
+        return admission.active_streams == 0 or admission.seconds_draining() >= self.drain_seconds
 
 
 class RilletWorker(UvicornWorker):  # type: ignore[misc]
@@ -60,7 +60,7 @@ class RilletWorker(UvicornWorker):  # type: ignore[misc]
     async def _serve(self) -> None:
         self.config.app = self.wsgi
         state = self.wsgi.state
-        server = DrainingServer(self.config, state.lifecycle, state.settings.server.drain_seconds)
+        server = DrainingServer(self.config, state.admission, state.settings.server.drain_seconds)
         self._install_sigquit_handler()
         started = time.monotonic()
         await server.serve(sockets=self.sockets)

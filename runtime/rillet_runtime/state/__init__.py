@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aredis
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
@@ -24,7 +23,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from rillet_runtime.metrics import timed_stage
-from rillet_runtime.settings import StateSettings
+from rillet_runtime.settings import StateSettings, StreamingSettings
 from rillet_runtime.state.caches import (
     MemoryResponseCache,
     RedisEmbeddingCache,
@@ -33,6 +32,7 @@ from rillet_runtime.state.caches import (
     response_cache_key,
 )
 from rillet_runtime.state.redis_saver import RedisCheckpointSaver
+from rillet_runtime.state.run_log import RunLog
 
 __all__ = [
     "RedisCheckpointSaver",
@@ -74,8 +74,8 @@ class TimedRedisSaver(_TimedSaver, RedisCheckpointSaver):
 class StateBackends:
     checkpointer: BaseCheckpointSaver[Any]
     response_cache: ResponseCache | None
-    redis: aredis.Redis | aredis.RedisCluster | None
     embedding_cache: RedisEmbeddingCache | None
+    run_log: RunLog | None  # set when runs are resumable (Redis state)
 
 
 def serializer(settings: StateSettings) -> JsonPlusSerializer:
@@ -87,8 +87,10 @@ def serializer(settings: StateSettings) -> JsonPlusSerializer:
 
 
 @asynccontextmanager
-async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
-    """Open the configured backends for one worker process, and close their pools after."""
+async def open_state(
+    settings: StateSettings, streaming: StreamingSettings
+) -> AsyncIterator[StateBackends]:
+    """Open the configured backends for one worker process; close them, run log first, after."""
     if settings.checkpointer == "memory":
         cache = (
             MemoryResponseCache(
@@ -111,8 +113,9 @@ async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
         compress_min_bytes=settings.compress_min_bytes,
         serde=serializer(settings),
     )
+    client = saver.client
+    run_log = RunLog.for_settings(client, streaming)
     try:
-        client = saver.client
         yield StateBackends(
             checkpointer=saver,
             response_cache=(
@@ -120,8 +123,10 @@ async def open_state(settings: StateSettings) -> AsyncIterator[StateBackends]:
                 if settings.response_cache
                 else None
             ),
-            redis=client,
             embedding_cache=RedisEmbeddingCache(client, settings.embedding_cache_ttl_seconds),
+            run_log=run_log,
         )
     finally:
+        if run_log is not None:
+            await run_log.aclose()
         await saver.aclose()

@@ -59,9 +59,9 @@ class RunLog:
 
     @classmethod
     def for_settings(
-        cls, client: aredis.Redis | aredis.RedisCluster | None, settings: StreamingSettings
+        cls, client: aredis.Redis | aredis.RedisCluster, settings: StreamingSettings
     ) -> RunLog | None:
-        if client is None or not settings.resumable:
+        if not settings.resumable:
             return None
         return cls(
             client,

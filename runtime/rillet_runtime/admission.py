@@ -11,10 +11,29 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rillet_runtime.metrics import ACTIVE_STREAMS
+
 _DRAIN_FILE_CHECK_INTERVAL = 0.25
 
 
-class Lifecycle:
+class StreamSlot:
+    """One admitted stream's share of the worker: counted here and in the active-streams
+    gauge from admission until `release`, which gives both back exactly once."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self.released = False
+        admission.active_streams += 1
+        ACTIVE_STREAMS.inc()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._admission.active_streams -= 1
+            ACTIVE_STREAMS.dec()
+
+
+class Admission:
     def __init__(self, max_streams: int, drain_file: Path | None = None) -> None:
         self.max_streams = max_streams
         self.active_streams = 0
@@ -43,12 +62,8 @@ class Lifecycle:
     def seconds_draining(self) -> float:
         return 0.0 if self._drain_started is None else time.monotonic() - self._drain_started
 
-    def try_acquire_stream(self) -> bool:
-        """Take a stream slot; False means over capacity (the caller answers 503)."""
+    def admit(self) -> StreamSlot | None:
+        """A slot for one more stream; None when the worker is full (the caller answers 503)."""
         if self.active_streams >= self.max_streams:
-            return False
-        self.active_streams += 1
-        return True
-
-    def release_stream(self) -> None:
-        self.active_streams -= 1
+            return None
+        return StreamSlot(self)
