@@ -1,0 +1,51 @@
+"""SSE framing and responses shared by the chat and runs routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
+
+from rillet_runtime.admission import StreamSlot
+from rillet_runtime.events import RunEvent
+
+
+def to_sse(event: RunEvent) -> ServerSentEvent:
+    return ServerSentEvent(
+        data=orjson.dumps(event.data).decode(), event=event.event, id=str(event.id), sep="\n"
+    )
+
+
+async def sse_events(events: AsyncIterator[RunEvent]) -> AsyncIterator[ServerSentEvent]:
+    async for event in events:
+        yield to_sse(event)
+
+
+async def from_origin(
+    origin: asyncio.Queue[RunEvent | None], detach: Callable[[], None]
+) -> AsyncIterator[ServerSentEvent]:
+    """The origin client's view of a resumable run that the run log drives."""
+    try:
+        while (event := await origin.get()) is not None:
+            yield to_sse(event)
+    finally:
+        detach()
+
+
+class SlotEventSourceResponse(EventSourceResponse):
+    """Gives the stream slot back even if the client left before the body started."""
+
+    def __init__(
+        self, content: AsyncIterator[ServerSentEvent], slot: StreamSlot, ping: float
+    ) -> None:
+        super().__init__(content, ping=ping, sep="\n")
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
