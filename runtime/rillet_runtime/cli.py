@@ -1,4 +1,5 @@
-"""`rillet`: one CLI for serving, draining and the local fake LLM."""
+"""`rillet`: serve the chat API, ingest and query documents, run the operator, render a
+ChatService's manifests, load-test an endpoint, and a local fake model server."""
 
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ def ingest(
 
     async def run(progress: Progress) -> IngestReport:
         task = progress.add_task("embedding", total=None)
-        async with open_state(settings.state) as state:  # with Redis, through its cache
+        # With Redis configured, chunks are embedded through its cache.
+        async with open_state(settings.state, settings.streaming) as state:
             embedder = make_embedder(settings, state.embedding_cache)
             try:
                 return await ingest_into(
