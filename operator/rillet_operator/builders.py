@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from decimal import Decimal
 from typing import Any
 
-from lightkube.utils.quantity import parse_quantity
+from kubernetes.utils import parse_quantity
 
 from rillet_operator.autoscaling import autoscaler
+from rillet_operator.crd import to_yaml
 from rillet_operator.meta import (
     SERVICE_PORT,
     ChatService,
@@ -23,25 +25,26 @@ from rillet_operator.meta import (
 )
 from rillet_operator.runtime_settings import (
     CLAIMED_INDEX,
-    DRAIN_SECONDS,
-    PORT,
+    REDIS_PORT,
     SCRATCH_DIR,
     SETTINGS_DIR,
     SETTINGS_FILE,
     redis_service_name,
     runtime_settings,
     secret_env,
+    settings_file,
+    termination_grace_seconds,
 )
 from rillet_operator.spec import GROUP
+from rillet_runtime.settings import SETTINGS_FILE_ENV
 
 RUNTIME_UID = 10001
 REDIS_UID = 999  # the redis image's own user
-REDIS_PORT = 6379
 HASH_ANNOTATION = f"{GROUP}/settings-hash"
 
 
 def _settings_yaml(cs: ChatService) -> str:
-    return json.dumps(runtime_settings(cs.spec), indent=2, sort_keys=True) + "\n"  # JSON is YAML
+    return to_yaml(settings_file(runtime_settings(cs.spec)))
 
 
 def config_map(cs: ChatService) -> dict[str, Any]:
@@ -57,13 +60,6 @@ def settings_hash(cs: ChatService) -> str:
     """Changes when the settings file or the secret references change: it rolls the pods."""
     material = _settings_yaml(cs) + json.dumps(secret_env(cs.name, cs.spec), sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
-
-
-def termination_grace_seconds(cs: ChatService) -> int:
-    """The preStop drain, then gunicorn's graceful timeout (the runtime derives it the same
-    way: longest stream + drain + 5 s), then a margin, so Kubernetes never kills a stream."""
-    graceful_timeout = cs.spec.server.max_stream_seconds + DRAIN_SECONDS + 5
-    return DRAIN_SECONDS + graceful_timeout + 5
 
 
 _RESTRICTED_CONTAINER = {
@@ -94,7 +90,8 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 def deployment(cs: ChatService) -> dict[str, Any]:
     spec = cs.spec
-    env = [{"name": "RILLET_SETTINGS_FILE", "value": SETTINGS_FILE}, *secret_env(cs.name, spec)]
+    server = runtime_settings(spec).server
+    env = [{"name": SETTINGS_FILE_ENV, "value": SETTINGS_FILE}, *secret_env(cs.name, spec)]
     mounts: list[dict[str, Any]] = [
         {"name": "settings", "mountPath": SETTINGS_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH_DIR},
@@ -103,14 +100,16 @@ def deployment(cs: ChatService) -> dict[str, Any]:
         "name": "rillet",
         "image": spec.image,
         "command": ["rillet", "serve"],
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
         "env": env,
         "resources": spec.server.resources.model_dump(),
         "startupProbe": _probe("/healthz", 2, 30),
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/readyz", 2, 1),
         "lifecycle": {
-            "preStop": {"exec": {"command": ["rillet", "drain", "--wait", str(DRAIN_SECONDS)]}}
+            "preStop": {
+                "exec": {"command": ["rillet", "drain", "--wait", f"{server.drain_seconds:g}"]}
+            }
         },
         "securityContext": _RESTRICTED_CONTAINER,
         "volumeMounts": mounts,
@@ -144,7 +143,7 @@ def deployment(cs: ChatService) -> dict[str, Any]:
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "securityContext": _pod_security(RUNTIME_UID),
-                "terminationGracePeriodSeconds": termination_grace_seconds(cs),
+                "terminationGracePeriodSeconds": termination_grace_seconds(server),
                 "topologySpreadConstraints": [
                     {
                         "maxSkew": 1,
@@ -214,9 +213,12 @@ def redis_secret(cs: ChatService, password: str) -> dict[str, Any]:
 def redis_args(cs: ChatService) -> list[str]:
     managed = cs.spec.redis.managed if cs.spec.redis else None
     assert managed is not None
-    limit = parse_quantity(managed.memory_limit)
-    if limit is None:
-        raise ValueError(f"redis.managed.memoryLimit is not a quantity: {managed.memory_limit}")
+    try:
+        limit: Decimal = parse_quantity(managed.memory_limit)  # type: ignore[no-untyped-call]
+    except ValueError:
+        raise ValueError(
+            f"redis.managed.memoryLimit is not a quantity: {managed.memory_limit}"
+        ) from None
     maxmemory = int(limit * 8 // 10)  # room for Redis's own overhead
     return [
         "--requirepass",

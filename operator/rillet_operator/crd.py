@@ -163,6 +163,16 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
+def _block_if_multiline(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    """A file inside a manifest (the ConfigMap's settings.yaml) reads as itself, not as one
+    escaped line; PyYAML still quotes a text that a block cannot hold (trailing spaces)."""
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_PlainDumper.add_representer(str, _block_if_multiline)
+
+
 def to_yaml(document: Any) -> str:
     return yaml.dump(document, Dumper=_PlainDumper, sort_keys=False, width=100)
 

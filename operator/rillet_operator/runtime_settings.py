@@ -1,14 +1,45 @@
-"""ChatService spec -> the runtime's settings file and the environment that carries secrets.
+"""ChatService spec -> the runtime's own settings, the file that carries them, and the
+environment that carries secrets.
 
-The file goes into a ConfigMap and holds no secret: API keys and Redis URLs with
-passwords arrive as environment variables from Secrets (`valueFrom.secretKeyRef`).
+The settings are built from `rillet_runtime.settings`' models, so a setting the runtime
+renames or drops breaks this build (mypy, pydantic), and the runtime's validators see the
+pod's settings before any pod does. The file holds only what the ChatService decides (the
+runtime's defaults fill the rest) and never a secret: API keys and Redis URLs with
+passwords reach the pod as environment variables from Secrets (`secret_env`); here they
+are a placeholder, left out of the file.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from rillet_operator.spec import ChatServiceSpec, ProviderSpec, SecretKeyRef
+from pydantic import BaseModel, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from rillet_operator.spec import (
+    ChatServiceSpec,
+    ModelSpec,
+    ProviderSpec,
+    SecretKeyRef,
+    VectorIndexSpec,
+)
+from rillet_runtime.settings import (
+    EXTRACTIVE_MODEL,
+    ChromaSettings,
+    EmbeddedIndexSettings,
+    EmbeddingSettings,
+    HnswSettings,
+    ModelSettings,
+    PineconeSettings,
+    ProviderSettings,
+    QdrantSettings,
+    RetrievalSettings,
+    ServerSettings,
+    Settings,
+    StateSettings,
+    StreamingSettings,
+)
 
 SETTINGS_DIR = "/etc/rillet"
 SETTINGS_FILE = f"{SETTINGS_DIR}/settings.yaml"
@@ -18,77 +49,153 @@ BUILT_IN_INDEX = "/opt/rillet/index"  # Rillet's docs, ingested when the image i
 CLAIMED_INDEX = "/var/lib/rillet/index"  # vectorIndex.embedded.claimName, read-only
 PORT = 8000
 DRAIN_SECONDS = 5
-EXTRACTIVE_MODEL = "rillet-extractive"
+GRACE_MARGIN_SECONDS = 5  # between gunicorn's last word and the kubelet's SIGKILL
+REDIS_PORT = 6379  # the managed Redis: its container, its Service and the URL pods use
+FROM_ENV = SecretStr("from the pod's environment")  # placeholder; `secret_env` has the value
 
 
-def _provider(spec: ProviderSpec) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "provider": spec.provider,
-        "name": spec.name or EXTRACTIVE_MODEL,
-        "max_tokens": spec.max_tokens,
-        "timeout_seconds": spec.timeout_seconds,
-    }
-    if spec.base_url:
-        settings["base_url"] = spec.base_url
-    return settings
+class _DeclaredSettings(Settings):
+    """The runtime's Settings from arguments alone: the operator's own environment (its
+    RILLET_* variables, a RILLET_SETTINGS_FILE) must not leak into a pod's settings."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
-def runtime_settings(spec: ChatServiceSpec) -> dict[str, Any]:
-    """The settings file's content (`rillet_runtime.settings.Settings`, minus secrets)."""
-    model = _provider(spec.model)
-    if spec.model.fallback:
-        model["fallback"] = _provider(spec.model.fallback)
-    settings: dict[str, Any] = {
-        "server": {
-            "host": "0.0.0.0",
-            "port": PORT,
-            "workers": spec.server.workers_per_pod,
-            "max_streams_per_worker": spec.server.max_concurrent_streams_per_worker,
-            "max_stream_seconds": spec.server.max_stream_seconds,
-            "drain_seconds": DRAIN_SECONDS,
-            "drain_file": DRAIN_FILE,
-            "metrics_dir": f"{SCRATCH_DIR}/rillet-metrics",
-        },
-        "streaming": {
-            "coalesce_max_chars": spec.streaming.coalesce_max_chars,
-            "coalesce_max_ms": spec.streaming.coalesce_max_ms,
-            "heartbeat_seconds": spec.streaming.heartbeat_seconds,
-            "resumable": spec.streaming.resumable,
-        },
-        "model": model,
-        "retrieval": _retrieval(spec),
-        "embeddings": spec.embeddings.model_dump(exclude={"api_key_secret_ref"}, exclude_none=True),
-        "state": {"checkpointer": "memory"},
-    }
-    if spec.graph.ref:
-        settings["graph"] = spec.graph.ref
-    if spec.redis:
-        settings["state"] = {
-            "checkpointer": "redis",
-            "redis_cluster": bool(spec.redis.external and spec.redis.external.cluster),
-            "checkpoint_ttl_seconds": spec.redis.checkpoint_ttl_seconds,
-            "compress_min_bytes": spec.redis.compress_min_bytes,
-        }
-    return settings
+def _from_env(ref: SecretKeyRef | None) -> SecretStr | None:
+    return FROM_ENV if ref else None
 
 
-def _retrieval(spec: ChatServiceSpec) -> dict[str, Any]:
-    index = spec.vector_index
-    settings: dict[str, Any] = {
-        "provider": index.provider,
-        "k": index.k,
-        "score_threshold": index.score_threshold,
-        "hnsw": index.hnsw.model_dump(),
-    }
+def runtime_settings(spec: ChatServiceSpec) -> Settings:
+    """The pod's effective settings, secrets as placeholders (the file leaves them out)."""
+    return _DeclaredSettings(
+        graph=spec.graph.ref,
+        server=ServerSettings(
+            host="0.0.0.0",
+            port=PORT,
+            workers=spec.server.workers_per_pod,
+            max_streams_per_worker=spec.server.max_concurrent_streams_per_worker,
+            max_stream_seconds=spec.server.max_stream_seconds,
+            drain_seconds=DRAIN_SECONDS,
+            drain_file=DRAIN_FILE,
+            metrics_dir=f"{SCRATCH_DIR}/rillet-metrics",
+        ),
+        streaming=StreamingSettings(
+            coalesce_max_chars=spec.streaming.coalesce_max_chars,
+            coalesce_max_ms=spec.streaming.coalesce_max_ms,
+            heartbeat_seconds=spec.streaming.heartbeat_seconds,
+            resumable=spec.streaming.resumable,
+        ),
+        model=_model(spec.model),
+        retrieval=_retrieval(spec.vector_index),
+        embeddings=EmbeddingSettings(
+            provider=spec.embeddings.provider,
+            model=spec.embeddings.model,
+            base_url=spec.embeddings.base_url,
+            dimensions=spec.embeddings.dimensions,
+            api_key=_from_env(spec.embeddings.api_key_secret_ref),
+        ),
+        state=_state(spec),
+    )
+
+
+def settings_file(settings: Settings) -> dict[str, Any]:
+    """What the ChatService decided, as the file's mapping: no defaults, no secrets."""
+    return settings.model_dump(
+        mode="json", exclude_unset=True, exclude_none=True, exclude=_secrets(settings)
+    )
+
+
+def _secrets(model: BaseModel) -> dict[str, Any]:
+    """pydantic's `exclude` for every secret field, however deep, so none reaches the file."""
+    exclude: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            exclude[name] = True
+        elif isinstance(value, BaseModel) and (inner := _secrets(value)):
+            exclude[name] = inner
+    return exclude
+
+
+def termination_grace_seconds(server: ServerSettings) -> int:
+    """The preStop drain, then gunicorn's graceful timeout (the runtime's own derivation from
+    the longest stream), then a margin, so Kubernetes never kills a stream allowed to run."""
+    return math.ceil(server.drain_seconds + server.graceful_timeout_seconds + GRACE_MARGIN_SECONDS)
+
+
+def _provider(spec: ProviderSpec) -> ProviderSettings:
+    return ProviderSettings(
+        provider=spec.provider,
+        name=spec.name or EXTRACTIVE_MODEL,
+        base_url=spec.base_url,
+        api_key=_from_env(spec.api_key_secret_ref),
+        max_tokens=spec.max_tokens,
+        timeout_seconds=spec.timeout_seconds,
+    )
+
+
+def _model(spec: ModelSpec) -> ModelSettings:
+    primary = _provider(spec).model_dump(exclude_unset=True)
+    return ModelSettings(**primary, fallback=_provider(spec.fallback) if spec.fallback else None)
+
+
+def _retrieval(index: VectorIndexSpec) -> RetrievalSettings:
+    return RetrievalSettings(
+        **_index_location(index),
+        provider=index.provider,
+        k=index.k,
+        score_threshold=index.score_threshold,
+        hybrid=index.hybrid,
+        hnsw=HnswSettings(
+            m=index.hnsw.m,
+            ef_construction=index.hnsw.ef_construction,
+            ef_search=index.hnsw.ef_search,
+        ),
+    )
+
+
+def _index_location(index: VectorIndexSpec) -> dict[str, BaseModel]:
+    """The chosen provider's section, keyed by its name; the other providers' stay unset."""
     if index.provider == "embedded":
         path = CLAIMED_INDEX if index.embedded.claim_name else BUILT_IN_INDEX
-        settings["embedded"] = {"path": path}
-    if index.hybrid is not None:
-        settings["hybrid"] = index.hybrid
-    remote = {"pinecone": index.pinecone, "qdrant": index.qdrant, "chroma": index.chroma}
-    if index.provider in remote and (chosen := remote[index.provider]) is not None:
-        settings[index.provider] = chosen.model_dump(exclude={"api_key_secret_ref"})
-    return settings
+        return {"embedded": EmbeddedIndexSettings(path=path)}
+    if index.provider == "pinecone" and (pinecone := index.pinecone):
+        api_key = _from_env(pinecone.api_key_secret_ref)
+        return {
+            "pinecone": PineconeSettings(
+                host=pinecone.host, namespace=pinecone.namespace, api_key=api_key
+            )
+        }
+    if index.provider == "qdrant" and (qdrant := index.qdrant):
+        api_key = _from_env(qdrant.api_key_secret_ref)
+        return {
+            "qdrant": QdrantSettings(url=qdrant.url, collection=qdrant.collection, api_key=api_key)
+        }
+    if index.provider == "chroma" and (chroma := index.chroma):
+        return {"chroma": ChromaSettings(url=chroma.url, collection=chroma.collection)}
+    return {}  # the runtime's validator names the missing section
+
+
+def _state(spec: ChatServiceSpec) -> StateSettings:
+    redis = spec.redis
+    if redis is None:
+        return StateSettings(checkpointer="memory")
+    return StateSettings(
+        checkpointer="redis",
+        redis_url=FROM_ENV,
+        redis_cluster=bool(redis.external and redis.external.cluster),
+        checkpoint_ttl_seconds=redis.checkpoint_ttl_seconds,
+        compress_min_bytes=redis.compress_min_bytes,
+    )
 
 
 def _from_secret(name: str, ref: SecretKeyRef) -> dict[str, Any]:
@@ -125,7 +232,7 @@ def secret_env(name: str, spec: ChatServiceSpec) -> list[dict[str, Any]]:
                 "REDIS_PASSWORD", SecretKeyRef(name=redis_service_name(name), key="password")
             )
         )
-        url = f"redis://:$(REDIS_PASSWORD)@{redis_service_name(name)}:6379/0"
+        url = f"redis://:$(REDIS_PASSWORD)@{redis_service_name(name)}:{REDIS_PORT}/0"
         env.append({"name": "RILLET_STATE__REDIS_URL", "value": url})
     elif redis and redis.external and redis.external.url_secret_ref:
         env.append(_from_secret("RILLET_STATE__REDIS_URL", redis.external.url_secret_ref))

@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 SETTINGS_FILE_ENV = "RILLET_SETTINGS_FILE"
+EXTRACTIVE_MODEL = "rillet-extractive"  # the offline provider's model; the operator names it too
 
 
 class _Section(BaseModel):
@@ -80,7 +81,7 @@ ProviderName = Literal["extractive", "openai", "anthropic"]
 
 class ProviderSettings(_Section):
     provider: ProviderName = "extractive"
-    name: str = Field("rillet-extractive", description="model name sent to the provider")
+    name: str = Field(EXTRACTIVE_MODEL, description="model name sent to the provider")
     base_url: str | None = None
     api_key: SecretStr | None = Field(None, description="from env or a Secret; never a file")
     max_tokens: int = Field(1024, ge=1)

@@ -28,7 +28,11 @@ from rillet_operator.crd import (
     to_yaml,
 )
 from rillet_operator.meta import ChatService
-from rillet_operator.runtime_settings import runtime_settings, secret_env
+from rillet_operator.runtime_settings import (
+    runtime_settings,
+    secret_env,
+    termination_grace_seconds,
+)
 from rillet_operator.spec import ChatServiceSpec
 from rillet_operator.status import Observed, compute_status
 from rillet_runtime.settings import Settings
@@ -128,6 +132,19 @@ def test_no_secret_reaches_the_config_map() -> None:
     }
 
 
+def test_the_operators_environment_never_reaches_a_pods_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator process may carry RILLET_* variables of its own; the runtime's sources
+    would read them (and fail on a settings file that only a pod has)."""
+    cs = chat_service(EXAMPLES[0])
+    rendered = builders.children(cs, redis_password="pw")
+    monkeypatch.setenv("RILLET_SETTINGS_FILE", str(tmp_path / "only-in-a-pod.yaml"))
+    monkeypatch.setenv("RILLET_SERVER", "not json")
+    monkeypatch.setenv("RILLET_MODEL__API_KEY", "sk-operator")
+    assert builders.children(cs, redis_password="pw") == rendered
+
+
 def test_a_settings_change_changes_the_pod_template_hash() -> None:
     cs = chat_service(EXAMPLES[0])
     changed = ChatService(
@@ -152,9 +169,11 @@ def test_a_settings_change_changes_the_pod_template_hash() -> None:
 
 def test_grace_period_outlasts_the_longest_stream() -> None:
     cs = chat_service(EXAMPLES[0])
-    settings = runtime_settings(cs.spec)["server"]
-    gunicorn_grace = settings["max_stream_seconds"] + settings["drain_seconds"] + 5
-    assert builders.termination_grace_seconds(cs) > gunicorn_grace + settings["drain_seconds"]
+    server = runtime_settings(cs.spec).server
+    gunicorn_grace = server.max_stream_seconds + server.drain_seconds + 5
+    assert termination_grace_seconds(server) > gunicorn_grace + server.drain_seconds
+    pod = builders.deployment(cs)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == termination_grace_seconds(server)
 
 
 @pytest.mark.parametrize(
