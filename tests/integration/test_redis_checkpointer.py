@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from bench.checkpoint import history_graph
 from rillet_runtime.settings import StateSettings
 from rillet_runtime.state import serializer
-from rillet_runtime.state.redis_saver import RedisCheckpointSaver
+from rillet_runtime.state.checkpoint import RedisCheckpointSaver
 from tests.support.processes import RedisServer
 
 API = pytest.mark.parametrize("api", ["async", "sync"])

@@ -31,7 +31,7 @@ from rillet_runtime.state.caches import (
     ResponseCache,
     response_cache_key,
 )
-from rillet_runtime.state.redis_saver import RedisCheckpointSaver
+from rillet_runtime.state.checkpoint import RedisCheckpointSaver
 from rillet_runtime.state.run_log import RunLog
 
 __all__ = [

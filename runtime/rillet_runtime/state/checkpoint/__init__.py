@@ -1,0 +1,109 @@
+"""A LangGraph checkpointer for plain Redis >= 6.2, Valkey and managed Redis, cluster mode too.
+
+No Redis modules: hashes, sorted sets and Lua only; a thread lives in one cluster slot and
+each write is one atomic script. Split the way LangGraph's own savers are:
+
+    keys.py     where a thread's checkpoints live
+    scripts.py  the Lua scripts
+    base.py     codec, replies, and each operation once, as the requests it makes
+    aio.py      the async API: awaits those requests on redis.asyncio
+    sync.py     the sync API: calls them on redis-py
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from rillet_runtime.state.checkpoint.aio import AsyncFace
+from rillet_runtime.state.checkpoint.keys import ThreadKeys
+from rillet_runtime.state.checkpoint.sync import SyncFace
+
+__all__ = ["RedisCheckpointSaver", "ThreadKeys"]
+
+
+class RedisCheckpointSaver(AsyncFace, SyncFace):
+    """`RedisCheckpointSaver.from_url("redis://...")`; async and sync APIs both work."""
+
+    def __init__(
+        self,
+        client: aredis.Redis | aredis.RedisCluster,
+        *,
+        sync_client: redis.Redis | redis.RedisCluster | Callable[[], Any] | None = None,
+        ttl_seconds: float | None = 7 * 24 * 3600,
+        compress_min_bytes: int = 1024,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        super().__init__(
+            ttl_seconds=ttl_seconds, compress_min_bytes=compress_min_bytes, serde=serde
+        )
+        self.client = client
+        self._sync_client = sync_client
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool = False,
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        max_connections: int = 64,
+        **kwargs: Any,
+    ) -> RedisCheckpointSaver:
+        """A ready saver with its own pools (`aclose()` them, or use `connect`).
+
+        Lost connections (a Redis restart or failover leaves stale ones in the pool) are
+        retried twice with a short jittered backoff; timeouts are not, so a Redis that
+        hangs costs one `socket_timeout`, not three. The async pool is bounded and
+        blocking: under load a command waits (up to `socket_timeout`) for a connection
+        instead of failing with "Too many connections".
+        """
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "retry_on_error": [redis.ConnectionError],
+        }
+        backoff = ExponentialWithJitterBackoff(base=0.02, cap=0.25)
+        async_client: Any
+        if cluster:  # one pool per node, bounded the same way
+            async_client = aredis.RedisCluster.from_url(
+                url, retry=AsyncRetry(backoff, 2), max_connections=max_connections, **options
+            )
+        else:
+            pool = aredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=socket_timeout,
+                retry=AsyncRetry(backoff, 2),
+                **options,
+            )
+            async_client = aredis.Redis.from_pool(pool)
+        sync_cls = redis.RedisCluster if cluster else redis.Redis
+        return cls(
+            async_client,
+            sync_client=lambda: sync_cls.from_url(url, retry=Retry(backoff, 2), **options),
+            **kwargs,
+        )
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, url: str, **kwargs: Any) -> AsyncIterator[RedisCheckpointSaver]:
+        saver = cls.from_url(url, **kwargs)
+        try:
+            yield saver
+        finally:
+            await saver.aclose()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self._sync_client is not None and not callable(self._sync_client):
+            self._sync_client.close()
