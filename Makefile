@@ -4,8 +4,10 @@ SHELL := bash
 
 PYTHON ?= python3
 CACHE_DIR ?= $(or $(RILLET_CACHE),$(XDG_CACHE_HOME),$(HOME)/.cache)/rillet
-# The venv holds third-party packages only and is keyed by pyproject.toml, so every
-# checkout (and CI's fresh clone) reuses it; the project itself comes from PYTHONPATH.
+# The venv's third-party packages are keyed by pyproject.toml, so every checkout (and CI's
+# fresh clone) reuses them; the project itself is installed editable on top (`rillet` in the
+# venv's bin), pointed at whichever checkout last ran make. PYTHONPATH keeps this checkout
+# first either way, and adds the tooling at the root (tests, bench, testcluster).
 DEPS_KEY := $(shell { cat pyproject.toml; $(PYTHON) --version; } | sha256sum | cut -c1-16)
 VENV := $(CACHE_DIR)/venv-$(DEPS_KEY)
 PY := $(VENV)/bin/python
@@ -15,7 +17,7 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server control-plane run cluster operator constraints manifests test test-unit \
-	test-integration test-e2e lint format bench bench-autoscaling bench-operator bench-vectors \
+	test-integration test-e2e test-lower-bounds lint format bench bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
 help: ## list the targets
@@ -28,7 +30,10 @@ $(VENV)/.installed:
 	$(VENV)/bin/pip install --quiet --requirement $(VENV)/requirements.txt
 	touch $@
 
-venv: $(VENV)/.installed ## install the Python dependencies (cached by pyproject.toml)
+venv: $(VENV)/.installed ## install the dependencies (cached by pyproject.toml) and the project, editable
+	@[ "$$(cat $(VENV)/.project 2>/dev/null)" = "$(CURDIR)" ] || { \
+	  $(VENV)/bin/pip install --quiet --no-deps --no-build-isolation --editable . && \
+	  echo "$(CURDIR)" > $(VENV)/.project; }
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 redis-server: ## install redis-server from Debian's packages if it is missing (the tests start their own)
@@ -43,6 +48,8 @@ control-plane: ## build etcd, the Kubernetes control plane, kubectl, KWOK and he
 
 DOCS_INDEX := $(CACHE_DIR)/docs-index
 run: venv ## serve the API on 127.0.0.1:8000: offline model, the docs in the embedded index, in-memory state
+	@echo "The rillet command is in $(VENV)/bin; to use it from any shell:"
+	@echo '  export PATH="$(VENV)/bin:$$PATH"'
 	$(PY) -m rillet_runtime ingest docs --index $(DOCS_INDEX)
 	RILLET_RETRIEVAL__EMBEDDED__PATH=$(DOCS_INDEX) $(PY) -m rillet_runtime serve
 
@@ -65,7 +72,7 @@ constraints: ## re-pin the image's dependencies (constraints.txt) from a clean i
 manifests: venv ## regenerate crds/ and docs/reference/ from the operator's spec model
 	$(PY) -m rillet_operator.crd
 
-test: venv redis-server control-plane lint ## the whole suite: lint, types, unit, integration and e2e
+test: venv redis-server control-plane lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
 	$(PY) -m pytest
 
 test-unit: venv ## unit tests only
@@ -76,6 +83,32 @@ test-integration: venv redis-server ## integration tests only (real gunicorn, re
 
 test-e2e: venv control-plane ## e2e tests: the operator against a real control plane
 	$(PY) -m pytest tests/e2e
+
+# The declared lower bound of every dependency, installed as such (uv's lowest-direct
+# resolution) into a venv of its own, keyed like the main one; then the unit tests and the
+# runtime's integration tests on it. The generated-files check is left out: it pins the
+# exact output of the newest pydantic's schema generator (1 vs 1.0), not behaviour.
+LOWEST_VENV := $(CACHE_DIR)/lowest-venv-$(DEPS_KEY)
+PRINT_DEPENDENCIES := import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
+PRINT_TEST_TOOLS := import tomllib; dev = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]; \
+	print("\n".join(d for d in dev if d.startswith(("pytest", "httpx-sse", "psutil"))))
+
+$(LOWEST_VENV)/.installed: $(VENV)/.installed
+	rm -rf $(LOWEST_VENV)
+	$(VENV)/bin/uv venv --quiet --python $(PYTHON) $(LOWEST_VENV)
+	$(PY) -c '$(PRINT_DEPENDENCIES)' > $(LOWEST_VENV)/requirements.txt
+	$(PY) -c '$(PRINT_TEST_TOOLS)' > $(LOWEST_VENV)/test-tools.txt
+	VIRTUAL_ENV=$(LOWEST_VENV) $(VENV)/bin/uv pip install --quiet --resolution lowest-direct \
+	  --requirement $(LOWEST_VENV)/requirements.txt
+	VIRTUAL_ENV=$(LOWEST_VENV) $(VENV)/bin/uv pip install --quiet --requirement $(LOWEST_VENV)/test-tools.txt
+	touch $@
+
+test-lower-bounds: $(LOWEST_VENV)/.installed redis-server ## unit and runtime integration tests on every dependency's declared lower bound
+	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider tests/unit \
+	  tests/integration/test_serve_default.py tests/integration/test_redis_runtime.py \
+	  tests/integration/test_redis_checkpointer.py tests/integration/test_providers.py \
+	  tests/integration/test_drain.py tests/integration/test_operator_contract.py \
+	  --deselect tests/unit/test_operator_builders.py::test_generated_files_match_the_spec_model
 
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check .
@@ -90,7 +123,6 @@ format: venv ## apply ruff's fixes and formatting
 # dependencies never reach the project's.
 LANGGRAPH_CLI := langgraph-cli[inmem]==0.4.40
 LANGGRAPH_VENV := $(CACHE_DIR)/langgraph-venv-$(shell { echo '$(LANGGRAPH_CLI)'; cat constraints.txt; } | sha256sum | cut -c1-12)
-PRINT_DEPENDENCIES := import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
 
 $(LANGGRAPH_VENV)/.installed:
 	$(PYTHON) -m venv --clear $(LANGGRAPH_VENV)

@@ -360,14 +360,12 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def plot(results: Sequence[StreamResult], path: str) -> None:
-    """TTFT and ITL distributions, and TTFT over the run (matplotlib, a dev dependency)."""
-    try:
-        import matplotlib
+    """TTFT and ITL distributions, and TTFT over the run (matplotlib: the `plot` extra)."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     ok = [r for r in results if r.ok and r.ttft is not None]
     t0 = min((r.started for r in results), default=0.0)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
