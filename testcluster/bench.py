@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from lightkube import Client, KubeConfig
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import Deployment
+from kubernetes.config import new_client_from_config
+from kubernetes.dynamic import DynamicClient
 
 from rillet_operator.builders import deployment
 from rillet_operator.meta import ChatService
-from rillet_operator.spec import GROUP, KIND, PLURAL, VERSION, ChatServiceSpec
+from rillet_operator.spec import GROUP, KIND, VERSION, ChatServiceSpec
 from testcluster.cluster import TestCluster
 from testcluster.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-ChatServiceResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+CHAT_SERVICES = (f"{GROUP}/{VERSION}", KIND)
+DEPLOYMENTS = ("apps/v1", "Deployment")
 SPEC = {"replicas": 1}
 
 
@@ -44,7 +44,7 @@ class ReadyClock:
     """Watches one kind in a namespace and stamps the first moment each object is ready."""
 
     def __init__(
-        self, client: Client, resource: Any, namespace: str, ready: Callable[[Any], bool]
+        self, client: DynamicClient, resource: Any, namespace: str, ready: Callable[[Any], bool]
     ) -> None:
         self.ready_at: dict[str, float] = {}
         self._stop = threading.Event()
@@ -55,13 +55,13 @@ class ReadyClock:
         time.sleep(1)  # let the watch connect before anything is applied
 
     def _watch(
-        self, client: Client, resource: Any, namespace: str, ready: Callable[[Any], bool]
+        self, client: DynamicClient, resource: Any, namespace: str, ready: Callable[[Any], bool]
     ) -> None:
         # A broken watch (the cluster stopping) ends the thread; a missed object then
         # shows up as a timeout in wait(), never as a wrong number.
         with contextlib.suppress(Exception):
-            for _, obj in client.watch(resource, namespace=namespace):
-                body = obj if isinstance(obj, dict) else obj.to_dict()
+            for event in client.watch(resource, namespace=namespace):  # type: ignore[no-untyped-call]
+                body = event["raw_object"]
                 name = body["metadata"]["name"]
                 if name not in self.ready_at and ready(body):
                     self.ready_at[name] = time.monotonic()
@@ -103,13 +103,15 @@ def bare_deployments(names: list[str], namespace: str) -> list[dict[str, Any]]:
 
 def apply_and_time(
     cluster: TestCluster,
-    client: Client,
+    client: DynamicClient,
     namespace: str,
     documents: list[dict[str, Any]],
-    resource: Any,
+    kind: tuple[str, str],
     ready: Callable[[Any], bool],
 ) -> list[float]:
+    """`kind`: (apiVersion, kind) of what `ready` is asked about."""
     names = [d["metadata"]["name"] for d in documents]
+    resource = client.resources.get(api_version=kind[0], kind=kind[1])
     clock = ReadyClock(client, resource, namespace, ready)
     listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
     started = time.monotonic()
@@ -126,7 +128,7 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 def latency_round(
-    cluster: TestCluster, client: Client, count: int, repeats: int, round_id: str
+    cluster: TestCluster, client: DynamicClient, count: int, repeats: int, round_id: str
 ) -> dict[str, Any]:
     """Alternate ChatService and bare-Deployment batches so drift hits both alike."""
     samples: dict[str, list[float]] = {"chatservice": [], "deployment": []}
@@ -143,7 +145,7 @@ def latency_round(
                     client,
                     namespace,
                     docs,
-                    ChatServiceResource,
+                    CHAT_SERVICES,
                     lambda b: has_condition(b, "Ready"),
                 )
             else:
@@ -153,7 +155,7 @@ def latency_round(
                     client,
                     namespace,
                     docs,
-                    Deployment,
+                    DEPLOYMENTS,
                     lambda b: has_condition(b, "Available"),
                 )
             samples[kind] += times
@@ -170,7 +172,7 @@ def latency_round(
 
 
 def memory_round(
-    cluster: TestCluster, client: Client, operator: OperatorProcess, count: int
+    cluster: TestCluster, client: DynamicClient, operator: OperatorProcess, count: int
 ) -> dict[str, Any]:
     process = psutil.Process(operator.pid)
     idle = process.memory_info().rss
@@ -181,7 +183,7 @@ def memory_round(
         client,
         namespace,
         chat_services([f"svc-{i}" for i in range(count)]),
-        ChatServiceResource,
+        CHAT_SERVICES,
         lambda b: has_condition(b, "Ready"),
     )
     time.sleep(10)  # let follow-up events (status writes, child updates) settle
@@ -228,7 +230,8 @@ def main() -> None:
     with TestCluster(workdir, crds=(ROOT / "crds",)) as cluster:
         operator = OperatorProcess(cluster, cluster.logs / "operator.log")
         operator.start()
-        client = Client(KubeConfig.from_file(cluster.kubeconfig))
+        api = new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+        client = DynamicClient(api)  # type: ignore[no-untyped-call]
         try:
             result = {
                 "latency": [

@@ -12,36 +12,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from httpx2 import HTTPStatusError
-from lightkube import ALL_NS, ApiError, AsyncClient, codecs
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import Deployment, StatefulSet
-from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, Secret, Service
-from lightkube.resources.policy_v1 import PodDisruptionBudget
-from lightkube.types import PatchType
-
 from rillet_operator.builders import children
+from rillet_operator.kube import ApiError, Kube, NotServed, error_status
 from rillet_operator.meta import MANAGER, ChatService
 from rillet_operator.runtime_settings import redis_service_name
-from rillet_operator.spec import GROUP, KIND, PLURAL, VERSION
+from rillet_operator.spec import GROUP, KIND, VERSION
 from rillet_operator.status import LatencyReading, Observed, compute_status
 
 log = logging.getLogger(__name__)
 API_WAIT_SECONDS = 120
-
-ChatServiceResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
-ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
-KINDS: dict[str, Any] = {
-    "ConfigMap": ConfigMap,
-    "Deployment": Deployment,
-    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
-    "PodDisruptionBudget": PodDisruptionBudget,
-    "Secret": Secret,
-    "ScaledObject": ScaledObject,
-    "Service": Service,
-    "StatefulSet": StatefulSet,
-}
+CHAT_SERVICE_API = f"{GROUP}/{VERSION}"
 
 
 @dataclass
@@ -54,43 +34,23 @@ class Outcome:
     status: dict[str, Any] = field(default_factory=dict)
 
 
-def _not_found(exc: HTTPStatusError) -> bool:
-    """404: no such object, or no such API (a CRD such as KEDA's is not installed; lightkube
-    raises its parent HTTPStatusError then, as the body is not a Status)."""
-    return exc.response.status_code == 404
-
-
-async def _get(client: AsyncClient, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    try:
-        found = await client.get(KINDS[kind], name, namespace=namespace)
-    except HTTPStatusError as exc:
-        if _not_found(exc):
-            return None
-        raise
-    return _as_dict(found)
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    as_dict: dict[str, Any] = obj.to_dict()
-    return as_dict
-
-
-async def redis_password(client: AsyncClient, cs: ChatService) -> str:
+async def redis_password(client: Kube, cs: ChatService) -> str:
     """The managed Redis keeps the password it was born with."""
-    existing = await _get(client, "Secret", redis_service_name(cs.name), cs.namespace)
+    existing = await client.get("v1", "Secret", redis_service_name(cs.name), cs.namespace)
     if existing and "password" in existing.get("data", {}):
         return base64.b64decode(existing["data"]["password"]).decode()
     return secrets.token_urlsafe(24)
 
 
-def _optional_children(cs: ChatService) -> list[tuple[str, str]]:
+def _optional_children(cs: ChatService) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child some specs have and others not."""
     redis = redis_service_name(cs.name)
     return [
-        ("HorizontalPodAutoscaler", cs.name),
-        ("ScaledObject", cs.name),
-        ("StatefulSet", redis),
-        ("Service", redis),
-        ("Secret", redis),
+        ("autoscaling/v2", "HorizontalPodAutoscaler", cs.name),
+        ("keda.sh/v1alpha1", "ScaledObject", cs.name),
+        ("apps/v1", "StatefulSet", redis),
+        ("v1", "Service", redis),
+        ("v1", "Secret", redis),
     ]
 
 
@@ -110,7 +70,7 @@ def _owned_by(obj: dict[str, Any], cs: ChatService) -> bool:
 
 
 async def reconcile(
-    client: AsyncClient,
+    client: Kube,
     body: dict[str, Any],
     prometheus_url: str | None = None,
     latency: LatencyReading | None = None,
@@ -128,18 +88,14 @@ async def reconcile(
 
     desired = children(cs, password, prometheus_url)
     for manifest in desired:
-        kind, name = manifest["kind"], manifest["metadata"]["name"]
-        before = await _get(client, kind, name, cs.namespace)
+        api_version, kind = manifest["apiVersion"], manifest["kind"]
+        name = manifest["metadata"]["name"]
+        before = await client.get(api_version, kind, name, cs.namespace)
         try:
-            applied = await client.apply(
-                codecs.from_dict(manifest), field_manager=MANAGER, force=True
-            )
-        except HTTPStatusError as exc:
-            if not _not_found(exc):  # apply creates: a 404 means the API is not served
-                raise
-            missing_apis.append(manifest["apiVersion"])
+            after = await client.apply(manifest)
+        except NotServed:
+            missing_apis.append(api_version)
             continue
-        after = _as_dict(applied)
         live[kind, name] = after
         label = f"{kind} {name}"
         if before is None:
@@ -148,12 +104,12 @@ async def reconcile(
             outcome.updated.append(label)
 
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
-    for kind, name in _optional_children(cs):
+    for api_version, kind, name in _optional_children(cs):
         if (kind, name) in wanted:
             continue
-        existing = await _get(client, kind, name, cs.namespace)
+        existing = await client.get(api_version, kind, name, cs.namespace)
         if existing and _owned_by(existing, cs):
-            await client.delete(KINDS[kind], name, namespace=cs.namespace)
+            await client.delete(api_version, kind, name, cs.namespace)
             outcome.deleted.append(f"{kind} {name}")
 
     observed = Observed(
@@ -168,17 +124,11 @@ async def reconcile(
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     outcome.status = compute_status(cs, observed, old, now)
     if outcome.status != {k: old.get(k) for k in outcome.status}:
-        await client.patch(
-            ChatServiceResource.Status,
-            cs.name,
-            {"status": outcome.status},
-            namespace=cs.namespace,
-            patch_type=PatchType.MERGE,
-        )
+        await client.patch_status(CHAT_SERVICE_API, KIND, cs.name, cs.namespace, outcome.status)
     return outcome
 
 
-async def post_event(client: AsyncClient, body: dict[str, Any], reason: str, message: str) -> None:
+async def post_event(client: Kube, body: dict[str, Any], reason: str, message: str) -> None:
     """A Normal Event on the ChatService, for `kubectl describe`. Posted directly rather than
     through kopf, whose posting only works inside its handlers, not in the operator's own
     loops (resync, latency)."""
@@ -189,7 +139,7 @@ async def post_event(client: AsyncClient, body: dict[str, Any], reason: str, mes
         "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
+            "apiVersion": CHAT_SERVICE_API,
             "kind": KIND,
             "name": meta["name"],
             "namespace": meta["namespace"],
@@ -203,41 +153,32 @@ async def post_event(client: AsyncClient, body: dict[str, Any], reason: str, mes
         "lastTimestamp": now,
         "count": 1,
     }
-    await client.create(codecs.from_dict(event))
+    await client.create(event)
 
 
 def namespace_terminating(exc: ApiError) -> bool:
     """The namespace controller is deleting everything in it: recreating children would
     only fight it (and the API server refuses new objects there anyway)."""
-    causes = (exc.status.details and exc.status.details.causes) or []
-    return any(cause.reason == "NamespaceTerminating" for cause in causes)
+    causes = (error_status(exc).get("details") or {}).get("causes") or []
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
 
 
-async def wait_for_chat_service_api(client: AsyncClient, namespaces: list[str]) -> None:
+async def wait_for_chat_service_api(client: Kube, namespaces: list[str]) -> None:
     """Wait until ChatServices can be listed where the operator watches them: the CRD may
     still be getting established when the operator starts (helm installs both at once),
     and kopf, without scanning, only watches the APIs it found at startup."""
-    namespace = namespaces[0] if namespaces else ALL_NS
+    namespace = namespaces[0] if namespaces else None
     async with asyncio.timeout(API_WAIT_SECONDS):
         while True:
             try:
-                async for _ in client.list(ChatServiceResource, namespace=namespace, chunk_size=1):
-                    break
+                await client.list_one(CHAT_SERVICE_API, KIND, namespace)
                 return
-            except ApiError as exc:
-                if exc.status.code != 404:
+            except (NotServed, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status != 404:
                     raise
-                log.info("waiting for the ChatService CRD (%s/%s) to be served", GROUP, VERSION)
+                log.info("waiting for the ChatService CRD (%s) to be served", CHAT_SERVICE_API)
                 await asyncio.sleep(2)
 
 
-async def read_chat_service(
-    client: AsyncClient, namespace: str, name: str
-) -> dict[str, Any] | None:
-    try:
-        found = await client.get(ChatServiceResource, name, namespace=namespace)
-    except ApiError as exc:
-        if exc.status.code == 404:
-            return None
-        raise
-    return _as_dict(found)
+async def read_chat_service(client: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return await client.get(CHAT_SERVICE_API, KIND, name, namespace)

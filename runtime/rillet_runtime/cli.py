@@ -248,7 +248,10 @@ def fake_llm(
 def operator(
     namespace: Annotated[
         list[str] | None,
-        typer.Option(help="watch this namespace (repeat for several); none: the whole cluster"),
+        typer.Option(
+            help="watch this namespace (repeat for several; RILLET_OPERATOR_NAMESPACES=a,b); "
+            "none: the whole cluster"
+        ),
     ] = None,
     liveness: Annotated[
         str | None, typer.Option(help="serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
@@ -259,32 +262,40 @@ def operator(
     prometheus_url: Annotated[
         str | None,
         typer.Option(
-            envvar="RILLET_PROMETHEUS_URL",
             help="Prometheus that scrapes ChatService pods: observed latency in status, "
-            "and the server KEDA triggers query",
+            "and the server KEDA triggers query (RILLET_PROMETHEUS_URL)",
         ),
     ] = None,
 ) -> None:
-    """Run the ChatService operator (kopf) with the current kubeconfig or in-cluster account."""
+    """Run the ChatService operator (kopf) with the current kubeconfig or in-cluster account.
+    Settings: rillet_operator.settings (RILLET_OPERATOR_* variables); flags override them."""
     import kopf
     import prometheus_client
 
     import rillet_operator.handlers  # noqa: F401  (registers the handlers)
+    from rillet_operator.settings import OperatorSettings
 
-    namespaces = namespace or [
-        n for n in os.environ.get("RILLET_OPERATOR_NAMESPACES", "").split(",") if n
-    ]
-    if metrics_port:
-        prometheus_client.start_http_server(metrics_port)
+    try:
+        settings = OperatorSettings.with_flags(
+            namespaces=namespace,
+            liveness=liveness,
+            metrics_port=metrics_port,
+            prometheus_url=prometheus_url,
+        )
+    except ValidationError as exc:
+        typer.echo(f"rillet operator: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port)
     # kopf names itself after the user otherwise, which fails for a uid without a passwd
     # entry (any runAsUser the image does not know); in a pod the hostname is the pod name.
     os.environ.setdefault("POD_ID", socket.gethostname())
     kopf.run(
         standalone=True,  # no cluster-wide peering objects; run one replica (leader election
-        clusterwide=not namespaces,  # belongs to the chart's Deployment strategy)
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(namespaces=namespaces, prometheus_url=prometheus_url),
+        clusterwide=not settings.namespaces,  # belongs to the chart's Deployment strategy)
+        namespaces=settings.namespaces,
+        liveness_endpoint=settings.liveness,
+        memo=kopf.Memo(settings=settings),
     )
 
 

@@ -36,8 +36,8 @@ def metrics(cluster: TestCluster) -> Iterator[MetricsAdapter]:
 def operator_process(cluster: TestCluster, metrics: MetricsAdapter) -> Iterator[OperatorProcess]:
     env = {
         "RILLET_PROMETHEUS_URL": metrics.prometheus_url,
-        "RILLET_OBSERVE_SECONDS": "1",
-        "RILLET_ADAPT_SECONDS": "2",
+        "RILLET_OPERATOR_OBSERVE_SECONDS": "1",
+        "RILLET_OPERATOR_ADAPT_SECONDS": "2",
     }
     process = OperatorProcess(cluster, cluster.logs / "operator.log", env=env)
     yield process

@@ -112,7 +112,7 @@ def hpa_streams_target(cluster: TestCluster, namespace: str) -> int:
 def test_the_streams_target_adapts_to_observed_latency_with_events(
     cluster: TestCluster, namespace: str, metrics: MetricsAdapter
 ) -> None:
-    """The operator here adapts every 2 s (RILLET_ADAPT_SECONDS), not every 5 minutes."""
+    """The operator here adapts every 2 s (RILLET_OPERATOR_ADAPT_SECONDS), not every 5 minutes."""
     spec = {"autoscaling": SCALING, "latencyTargets": {"ttftP95Ms": 500}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("chat", **spec))
     wait_ready(cluster, namespace, "chat")

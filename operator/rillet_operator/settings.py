@@ -1,0 +1,63 @@
+"""The operator's settings: environment variables (RILLET_OPERATOR_ prefix), overridden by
+`rillet operator`'s flags, handed to the handlers through kopf's memo, never read at import.
+
+The Prometheus URL keeps its product-wide name, RILLET_PROMETHEUS_URL: `rillet render` reads
+it too, to render KEDA triggers as the operator would."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from rillet_operator.autoscaling import ADAPT_SECONDS
+
+PROMETHEUS_URL_ENV = "RILLET_PROMETHEUS_URL"
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RILLET_OPERATOR_", extra="forbid")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="namespaces to watch (comma-separated in the environment); none: the cluster",
+    )
+    liveness: str | None = Field(
+        None, description="serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve the operator's Prometheus metrics on this port"
+    )
+    prometheus_url: str | None = Field(
+        None,
+        validation_alias=PROMETHEUS_URL_ENV,
+        description="Prometheus that scrapes ChatService pods: observed latency in status, "
+        "and the server KEDA triggers query",
+    )
+    resync_seconds: float = Field(
+        300, gt=0, description="reconcile every ChatService this often, whatever the watches saw"
+    )
+    observe_seconds: float = Field(
+        30, gt=0, description="read every ChatService's latency from Prometheus this often"
+    )
+    adapt_seconds: float = Field(
+        ADAPT_SECONDS, gt=0, description="move a ChatService's streams-per-pod target this often"
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @classmethod
+    def with_flags(cls, **flags: Any) -> OperatorSettings:
+        """The environment, overridden by the flags that were given (not None), named as
+        the fields are."""
+        keys = {
+            name: field.validation_alias if isinstance(field.validation_alias, str) else name
+            for name, field in cls.model_fields.items()
+        }
+        return cls(**{keys[name]: value for name, value in flags.items() if value is not None})
