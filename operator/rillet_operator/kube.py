@@ -2,10 +2,10 @@
 with objects as plain dicts. Its calls block, so each runs in a worker thread, off kopf's
 event loop.
 
-A kind is found through API discovery, cached in memory for the life of the process. A
-kind that is not served (KEDA's ScaledObject before KEDA is installed) is asked about
-again on every use, with one request for its group version, so a CRD installed later is
-used without a restart and without throwing the whole discovery cache away each time."""
+A kind is found through API discovery, cached for the life of the process. A kind that is
+not served (KEDA's ScaledObject before KEDA is installed) is asked about again on every
+use, with one request for its group version, so a CRD installed later is used without a
+restart and without throwing the whole discovery cache away each time."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def load_configuration() -> Configuration:
 
 
 class Kube:
+    """One API server, as the operator uses it: get, apply, delete, create, status, list."""
+
     def __init__(self, configuration: Configuration) -> None:
         """Connects (discovery asks for the server's version and API groups): call it in a
         worker thread, as `connect` does."""
