@@ -4,6 +4,7 @@ ChatService's manifests, load-test an endpoint, and a local fake model server.""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import socket
@@ -366,6 +367,10 @@ def bench(
 
     if api not in loadgen.APIS:
         raise typer.BadParameter(f"one of {', '.join(loadgen.APIS)}", param_hint="--api")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise typer.BadParameter(
+            "needs matplotlib: pip install 'rillet[plot]'", param_hint="--plot"
+        )
     try:
         plan = loadgen.LoadPlan(
             concurrency,
