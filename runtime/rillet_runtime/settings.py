@@ -51,11 +51,97 @@ class ServerSettings(_Section):
     metrics_dir: Path | None = Field(
         None, description="prometheus multiprocess dir; `rillet serve` creates one if unset"
     )
+    metrics_port: int | None = Field(
+        9090,
+        ge=1,
+        le=65535,
+        description="/metrics on its own port (gunicorn's master), not the API's; None: off",
+    )
+    docs: bool = Field(False, description="serve /docs and /openapi.json (off: a smaller surface)")
 
     @property
     def graceful_timeout_seconds(self) -> float:
         """Gunicorn must outwait the longest stream, plus the drain window."""
         return self.max_stream_seconds + self.drain_seconds + 5
+
+
+AuthMode = Literal["none", "api_keys", "jwt", "trusted_header"]
+
+
+class ApiKeysSettings(_Section):
+    path: Path | None = Field(
+        None,
+        description="a folder with one file per principal holding its key (a mounted Secret), "
+        "or a YAML file of principal: key; re-read when it changes, no restart",
+    )
+    reload_seconds: float = Field(5, gt=0, description="how often the keys are checked for changes")
+
+
+class JwtSettings(_Section):
+    issuer: str | None = Field(None, description="required `iss`; unset: not checked")
+    audience: str = Field(min_length=1, description="required `aud`")
+    jwks_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="keys by `kid`, cached, refetched on an unknown kid",
+    )
+    public_key: str | None = Field(None, description="a PEM public key, instead of jwks_url")
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+        min_length=1,
+        description="accepted signature algorithms (never `none`, never HMAC with a public key)",
+    )
+    principal_claim: str = Field("sub", min_length=1, description="the claim naming the principal")
+    leeway_seconds: float = Field(30, ge=0, le=300, description="clock skew allowed on exp/nbf")
+    jwks_cache_seconds: float = Field(300, gt=0)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtSettings:
+        if (self.jwks_url is None) == (self.public_key is None):
+            raise ValueError("set exactly one of auth.jwt.jwks_url and auth.jwt.public_key")
+        if "none" in {a.lower() for a in self.algorithms}:
+            raise ValueError("auth.jwt.algorithms must not include 'none'")
+        return self
+
+
+class AuthSettings(_Section):
+    mode: AuthMode = Field(
+        "none",
+        description="who is calling: api_keys, jwt, trusted_header (a gateway in front), or "
+        "none (local use only: refused on a non-loopback address unless allow_unauthenticated)",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="mode none on a non-loopback address: you say you mean it"
+    )
+    api_keys: ApiKeysSettings = Field(default_factory=ApiKeysSettings)
+    jwt: JwtSettings | None = None
+    trusted_header: str = Field(
+        "X-Auth-Request-User",
+        min_length=1,
+        description="the header a gateway sets (trusted_header)",
+    )
+
+    @model_validator(mode="after")
+    def _mode_has_its_section(self) -> AuthSettings:
+        if self.mode == "api_keys" and self.api_keys.path is None:
+            raise ValueError("auth.api_keys.path is required for mode api_keys")
+        if self.mode == "jwt" and self.jwt is None:
+            raise ValueError("auth.jwt is required for mode jwt")
+        return self
+
+
+class LimitsSettings(_Section):
+    """Per principal, shared by every worker and pod through Redis (in memory: per worker)."""
+
+    concurrent_streams: int | None = Field(None, ge=1, description="open streams at once")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="model tokens (prompt and completion), charged when a run ends"
+    )
+    max_messages: int = Field(256, ge=1, description="messages in one OpenAI-compatible request")
+    max_input_chars: int = Field(
+        128_000, ge=1, description="characters of input in one request, all messages together"
+    )
 
 
 class StreamingSettings(_Section):
@@ -262,6 +348,8 @@ class Settings(BaseSettings):
         None, description="`module:attribute` of the user's graph; unset: the built-in RAG graph"
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
