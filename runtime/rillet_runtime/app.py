@@ -23,6 +23,7 @@ from rillet_runtime.api.errors import (
     validation_exception_handler,
 )
 from rillet_runtime.app_state import LifespanState, Runtime
+from rillet_runtime.auth import open_authenticator
 from rillet_runtime.graph import GraphDeps, load_graph
 from rillet_runtime.llm import build_chat_model
 from rillet_runtime.metrics import STREAM_CAPACITY
@@ -46,7 +47,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
         async with (
             httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds) as http,
-            open_state(settings.state, settings.streaming) as state,
+            open_authenticator(settings.auth, http) as authenticator,
+            open_state(settings) as state,
             open_retriever(settings, state.embedding_cache) as retriever,
         ):
             deps = GraphDeps(
@@ -61,8 +63,11 @@ def create_app(settings: Settings) -> FastAPI:
             runtime = Runtime(
                 settings=settings,
                 admission=admission,
+                authenticator=authenticator,
                 graph=load_graph(settings.graph, deps, state.checkpointer),
                 checkpointer=state.checkpointer,
+                limiter=state.limiter,
+                runs=state.runs,
                 run_log=state.run_log,
             )
             # Everything built so far (imported libraries, models, the corpus) lives as

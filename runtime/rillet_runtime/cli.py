@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import ipaddress
 import os
 import shutil
 import socket
@@ -64,6 +65,23 @@ async def check_retrieval(settings: Settings) -> Path | None:
     return getattr(retriever.index, "path", None)
 
 
+def open_to_the_network(settings: Settings) -> str | None:
+    """Why serving would expose unauthenticated access beyond this machine, if it would."""
+    auth, host = settings.auth, settings.server.host
+    if auth.mode != "none" or auth.allow_unauthenticated:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"invalid setting auth.mode: 'none' on {host} lets anyone reach every thread; "
+        "set auth.mode (api_keys, jwt or trusted_header), or auth.allow_unauthenticated: true"
+    )
+
+
 def prepare_metrics_dir(configured: Path | None) -> Path:
     """A clean multiprocess dir: stale files from an earlier run would skew the sums."""
     path = configured or Path(tempfile.gettempdir()) / f"rillet-metrics-{os.getpid()}"
@@ -84,6 +102,9 @@ def serve(
         if value is not None:
             os.environ[f"RILLET_SERVER__{name}"] = str(value)
     settings = load_settings()
+    if refusal := open_to_the_network(settings):
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
     # Fail here, naming the setting, rather than in every worker; and build the default
     # index once before the workers start.
     index_path = run_checked(check_retrieval(settings))
@@ -149,7 +170,7 @@ def ingest(
     async def run(progress: Progress) -> IngestReport:
         task = progress.add_task("embedding", total=None)
         # With Redis configured, chunks are embedded through its cache.
-        async with open_state(settings.state, settings.streaming) as state:
+        async with open_state(settings) as state:
             embedder = make_embedder(settings, state.embedding_cache)
             try:
                 return await ingest_into(

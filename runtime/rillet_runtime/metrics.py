@@ -1,29 +1,18 @@
 """Prometheus metrics, correct under several gunicorn workers.
 
 `rillet serve` sets PROMETHEUS_MULTIPROC_DIR before the workers start, so every metric
-below writes to per-process files and /metrics sums them. Labels are bounded: endpoint,
-outcome, stage and cache name, never thread or run ids.
+below writes to per-process files, and gunicorn's master sums them on its own metrics
+port (serving/gunicorn_conf.py). Labels are bounded: endpoint, outcome, stage and cache
+name, never thread or run ids.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from prometheus_client import Counter, Gauge, Histogram
 
 # Latency buckets aimed at the targets we sell: TTFT < 500 ms, inter-token < 50 ms.
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10)
@@ -51,6 +40,14 @@ STREAM_CAPACITY = Gauge(
     "rillet_stream_capacity",
     "Streams this pod admits at once (summed over its workers); past it, 503.",
     multiprocess_mode="livesum",
+)
+AUTH_FAILURES = Counter(
+    "rillet_auth_failures_total", "Requests refused for missing or bad credentials (401)."
+)
+LIMITED = Counter(
+    "rillet_requests_limited_total",
+    "Requests refused by a per-principal limit (429), by limit.",
+    ["reason"],
 )
 REQUESTS = Counter(
     "rillet_requests_total",
@@ -82,12 +79,3 @@ def timed_stage(stage: str) -> Iterator[None]:
         yield
     finally:
         STAGE_DURATION.labels(stage).observe(time.perf_counter() - start)
-
-
-def render_latest() -> tuple[bytes, str]:
-    """The exposition for /metrics: all workers' files when multiprocess, else this process."""
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -24,7 +24,7 @@ from langgraph.constants import TAG_HIDDEN, TAG_NOSTREAM
 from langgraph.pregel import Pregel
 
 from rillet_runtime.events import EventName, RunEvent, collecting_save_failures
-from rillet_runtime.llm.errors import classify_error
+from rillet_runtime.llm.errors import RunCancelled, classify_error
 from rillet_runtime.metrics import (
     INTER_TOKEN_LATENCY,
     REQUESTS,
@@ -51,6 +51,8 @@ class RunRequest:
     run_id: str
     endpoint: str
     started_at: float = field(default_factory=time.perf_counter)
+    # Set by whoever stops the run (a cancel request, another run interrupting the thread).
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 # What the run task puts on the queue.
@@ -172,6 +174,15 @@ async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
         await queue.put(("failed", exc))
 
 
+async def _stop_when_cancelled(
+    cancel: asyncio.Event, task: asyncio.Task[None], queue: asyncio.Queue[_Item]
+) -> None:
+    await cancel.wait()
+    if not task.done():
+        task.cancel()
+        await queue.put(("failed", RunCancelled()))
+
+
 async def run_events(
     request: RunRequest,
     settings: StreamingSettings,
@@ -182,6 +193,7 @@ async def run_events(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=settings.queue_max_events)
     task = asyncio.create_task(_run_graph(request, queue), name=f"run-{request.run_id}")
+    stopper = asyncio.create_task(_stop_when_cancelled(request.cancel, task, queue))
     deadline = loop.time() + max_seconds
     max_wait = settings.coalesce_max_ms / 1000
     seq = 0
@@ -270,6 +282,7 @@ async def run_events(
                 )
                 return
     finally:
+        stopper.cancel()
         REQUESTS.labels(request.endpoint, outcome).inc()
         slot.release()
         if not task.done():

@@ -6,24 +6,32 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from rillet_runtime.api.deps import RuntimeDep, admit_stream, collect, events_for, new_run
+from rillet_runtime.api.deps import (
+    PrincipalDep,
+    RuntimeDep,
+    StartedRun,
+    collect,
+    get_principal,
+    start_run,
+    thread_key,
+)
 from rillet_runtime.api.errors import ApiError, require_json
-from rillet_runtime.api.sse import SlotEventSourceResponse, from_origin, sse_events
+from rillet_runtime.api.sse import ClosingEventSourceResponse, from_origin, sse_events
 from rillet_runtime.app_state import Runtime
+from rillet_runtime.auth import Principal
 from rillet_runtime.events import RunEvent
+from rillet_runtime.run_guard import MultitaskStrategy
 
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(get_principal)])
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ThreadIdPath = Annotated[str, Path(pattern=THREAD_ID_PATTERN)]
-TenantHeader = Annotated[
-    str | None, Header(alias="X-Rillet-Tenant", pattern=r"^[A-Za-z0-9._:-]{1,128}$")
-]
 
 
 class ChatRequest(BaseModel):
@@ -31,7 +39,14 @@ class ChatRequest(BaseModel):
 
     message: str = Field(min_length=1, max_length=32_000, description="the user's message")
     thread_id: str | None = Field(
-        None, pattern=THREAD_ID_PATTERN, description="continue this thread; omitted: a new one"
+        None,
+        pattern=THREAD_ID_PATTERN,
+        description="continue this thread of yours (ids are per principal); omitted: a new one",
+    )
+    multitask_strategy: MultitaskStrategy = Field(
+        "reject",
+        description="when the thread has a run in progress: reject (409 thread_busy), "
+        "enqueue (wait for it), interrupt (cancel it, then run)",
     )
 
 
@@ -58,10 +73,14 @@ class ThreadView(BaseModel):
     updated_at: str | None
 
 
-def _run_for(runtime: Runtime, body: ChatRequest, endpoint: str, tenant: str | None) -> Any:
-    thread_id = body.thread_id or uuid.uuid4().hex
+async def _start(
+    runtime: Runtime, principal: Principal, body: ChatRequest, endpoint: str
+) -> StartedRun:
     graph_input = {"messages": [HumanMessage(content=body.message)]}
-    return new_run(runtime, graph_input, thread_id, endpoint, tenant)
+    thread_id = body.thread_id or uuid.uuid4().hex
+    return await start_run(
+        runtime, principal, graph_input, thread_id, endpoint, strategy=body.multitask_strategy
+    )
 
 
 @router.post(
@@ -71,32 +90,29 @@ def _run_for(runtime: Runtime, body: ChatRequest, endpoint: str, tenant: str | N
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_stream(
-    body: ChatRequest, runtime: RuntimeDep, tenant: TenantHeader = None
+    body: ChatRequest, runtime: RuntimeDep, principal: PrincipalDep
 ) -> EventSourceResponse:
     """Stream an answer as SSE events: metadata, sources, token..., then done or error."""
-    slot = admit_stream(runtime, "chat_stream")
-    run = _run_for(runtime, body, "chat_stream", tenant)
-    events = events_for(runtime, run, slot)
+    started = await _start(runtime, principal, body, "chat_stream")
     heartbeat = runtime.settings.streaming.heartbeat_seconds
     if runtime.run_log is None:
-        return SlotEventSourceResponse(sse_events(events), slot, heartbeat)
+        return ClosingEventSourceResponse(sse_events(started.events), started.close, heartbeat)
     # Resumable: the run belongs to the worker, not to this connection.
     origin: asyncio.Queue[RunEvent | None] = asyncio.Queue(
         runtime.settings.streaming.queue_max_events
     )
-    detach = runtime.run_log.publish(run.run_id, events, origin)
+    detach = runtime.run_log.publish(started.request.run_id, started.events, origin)
     return EventSourceResponse(from_origin(origin, detach), ping=heartbeat, sep="\n")
 
 
 @router.post("/chat", dependencies=[Depends(require_json)])
-async def chat(body: ChatRequest, runtime: RuntimeDep, tenant: TenantHeader = None) -> ChatAnswer:
+async def chat(body: ChatRequest, runtime: RuntimeDep, principal: PrincipalDep) -> ChatAnswer:
     """The same run as /v1/chat/stream, answered as one JSON document."""
-    slot = admit_stream(runtime, "chat")
-    run = _run_for(runtime, body, "chat", tenant)
+    started = await _start(runtime, principal, body, "chat")
     try:
-        collected = await collect(events_for(runtime, run, slot))
+        collected = await collect(started.events)
     finally:
-        slot.release()
+        await started.close()
     return ChatAnswer(
         thread_id=collected.thread_id,
         run_id=collected.run_id,
@@ -113,8 +129,10 @@ def _thread_message(message: BaseMessage) -> ThreadMessage:
     return ThreadMessage(id=message.id, role=role, content=str(message.text))
 
 
-async def _existing_thread_state(runtime: Runtime, thread_id: str) -> Any:
-    state = await runtime.graph.aget_state({"configurable": {"thread_id": thread_id}})
+async def _existing_thread_state(runtime: Runtime, principal: Principal, thread_id: str) -> Any:
+    """The caller's thread; another principal's thread of the same id is not theirs: 404."""
+    config: RunnableConfig = {"configurable": {"thread_id": thread_key(principal, thread_id)}}
+    state = await runtime.graph.aget_state(config)
     if state.created_at is None:
         raise ApiError(
             404, "thread_not_found", f"thread {thread_id!r} does not exist", param="thread_id"
@@ -123,8 +141,10 @@ async def _existing_thread_state(runtime: Runtime, thread_id: str) -> Any:
 
 
 @router.get("/threads/{thread_id}")
-async def get_thread(thread_id: ThreadIdPath, runtime: RuntimeDep) -> ThreadView:
-    state = await _existing_thread_state(runtime, thread_id)
+async def get_thread(
+    thread_id: ThreadIdPath, runtime: RuntimeDep, principal: PrincipalDep
+) -> ThreadView:
+    state = await _existing_thread_state(runtime, principal, thread_id)
     values = state.values if isinstance(state.values, dict) else {}
     return ThreadView(
         thread_id=thread_id,
@@ -135,7 +155,9 @@ async def get_thread(thread_id: ThreadIdPath, runtime: RuntimeDep) -> ThreadView
 
 
 @router.delete("/threads/{thread_id}", status_code=204)
-async def delete_thread(thread_id: ThreadIdPath, runtime: RuntimeDep) -> Response:
-    await _existing_thread_state(runtime, thread_id)
-    await runtime.checkpointer.adelete_thread(thread_id)
+async def delete_thread(
+    thread_id: ThreadIdPath, runtime: RuntimeDep, principal: PrincipalDep
+) -> Response:
+    await _existing_thread_state(runtime, principal, thread_id)
+    await runtime.checkpointer.adelete_thread(thread_key(principal, thread_id))
     return Response(status_code=204)

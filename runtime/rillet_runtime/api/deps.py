@@ -1,8 +1,10 @@
-"""What every chat endpoint depends on: the worker's runtime, admission, a new run, and
-collecting a run into one answer for the non-streaming endpoints."""
+"""What every chat endpoint depends on: the worker's runtime, the caller's principal,
+admitting a run (capacity, limits, the thread's lease), and collecting a run into one
+answer for the non-streaming endpoints."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,9 +17,19 @@ from langchain_core.runnables import RunnableConfig
 from rillet_runtime.admission import StreamSlot
 from rillet_runtime.api.errors import ApiError
 from rillet_runtime.app_state import Runtime
+from rillet_runtime.auth import Principal, Unauthenticated
 from rillet_runtime.events import RunEvent
 from rillet_runtime.llm.timing import LLMStageTimer
-from rillet_runtime.metrics import REQUESTS
+from rillet_runtime.metrics import AUTH_FAILURES, LIMITED, REQUESTS
+from rillet_runtime.run_guard import (
+    MultitaskStrategy,
+    OverLimit,
+    RunGuard,
+    ThreadBusy,
+    guarded,
+    take_guard,
+)
+from rillet_runtime.state.limits import Refusal
 from rillet_runtime.streaming import RunRequest, run_events
 
 # Error codes of a failed run, as the status of a non-streaming answer.
@@ -28,6 +40,7 @@ _STATUS_BY_CODE = {
     "provider_timeout": 504,
     "stream_timeout": 504,
     "provider_error": 502,
+    "run_cancelled": 409,
 }
 
 
@@ -37,6 +50,26 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_principal(request: Request) -> Principal:
+    """Who is calling, or 401: every route but the probes depends on this."""
+    authenticator = get_runtime(request).authenticator
+    try:
+        return await authenticator.authenticate(request.headers)
+    except Unauthenticated as exc:
+        AUTH_FAILURES.inc()
+        challenge = {"WWW-Authenticate": authenticator.challenge}
+        raise ApiError(401, "unauthenticated", str(exc), headers=challenge) from None
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def thread_key(principal: Principal, thread_id: str) -> str:
+    """Where a client's thread id lives: inside its principal's scope, so another principal
+    naming the same id reaches a thread of its own, never this one."""
+    return f"{principal.key}/{thread_id}"
 
 
 def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
@@ -58,12 +91,16 @@ def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
 
 
 def new_run(
-    runtime: Runtime, graph_input: Any, thread_id: str, endpoint: str, tenant: str | None = None
+    runtime: Runtime, principal: Principal, graph_input: Any, thread_id: str, endpoint: str
 ) -> RunRequest:
     run_id = uuid.uuid4()
     config: RunnableConfig = {
-        # run_id in `configurable` too: checkpoint metadata records it (delete_for_runs).
-        "configurable": {"thread_id": thread_id, "tenant": tenant, "run_id": str(run_id)},
+        "configurable": {
+            "thread_id": thread_key(principal, thread_id),
+            "principal": principal.key,
+            # run_id in `configurable` too: checkpoint metadata records it (delete_for_runs).
+            "run_id": str(run_id),
+        },
         "run_id": run_id,
         "callbacks": [LLMStageTimer()],
     }
@@ -77,9 +114,73 @@ def new_run(
     )
 
 
-def events_for(runtime: Runtime, run: RunRequest, slot: StreamSlot) -> AsyncIterator[RunEvent]:
+@dataclass
+class StartedRun:
+    """An admitted run: its events, and `close` to give back what it holds if its events
+    are never read (a client that left before the response started)."""
+
+    request: RunRequest
+    events: AsyncIterator[RunEvent]
+    slot: StreamSlot
+    guard: RunGuard
+
+    async def close(self) -> None:
+        self.slot.release()
+        await self.guard.release(0)
+
+
+def _over_limit(refusal: Refusal, endpoint: str) -> ApiError:
+    LIMITED.labels(refusal.reason).inc()
+    REQUESTS.labels(endpoint, "rejected_limit").inc()
+    policy = refusal.reason.split("_")[0]
+    window = "" if refusal.reason == "concurrent_streams" else ";w=60"
+    retry_after = max(1, math.ceil(refusal.retry_after_seconds))
+    headers = {
+        "Retry-After": str(retry_after),
+        "RateLimit-Policy": f'"{policy}";q={refusal.limit}{window}',
+        "RateLimit": f'"{policy}";r=0;t={retry_after}',
+    }
+    message = f"{refusal.reason.replace('_', ' ')} limit ({refusal.limit}) reached; retry later"
+    return ApiError(429, "rate_limited", message, headers=headers)
+
+
+async def start_run(
+    runtime: Runtime,
+    principal: Principal,
+    graph_input: Any,
+    thread_id: str,
+    endpoint: str,
+    *,
+    strategy: MultitaskStrategy = "reject",
+    throwaway_thread: bool = False,
+) -> StartedRun:
+    """Admit a run (the worker's capacity, the principal's limits, the thread's lease) or
+    answer 503, 429 or 409; nothing is held after a refusal."""
     settings = runtime.settings
-    return run_events(run, settings.streaming, settings.server.max_stream_seconds, slot)
+    slot = admit_stream(runtime, endpoint)
+    run = new_run(runtime, principal, graph_input, thread_id, endpoint)
+    guard = RunGuard(
+        runtime.limiter,
+        runtime.runs,
+        principal.key,
+        None if throwaway_thread else thread_key(principal, thread_id),
+        run.run_id,
+        run.cancel,
+    )
+    try:
+        await take_guard(guard, strategy, wait_seconds=settings.server.max_stream_seconds)
+    except OverLimit as exc:
+        raise _over_limit(exc.refusal, endpoint) from None
+    except ThreadBusy:
+        REQUESTS.labels(endpoint, "rejected_thread_busy").inc()
+        raise ApiError(
+            409, "thread_busy", f"thread {thread_id!r} has a run in progress", param="thread_id"
+        ) from None
+    finally:
+        if not guard.taken:
+            slot.release()
+    events = run_events(run, settings.streaming, settings.server.max_stream_seconds, slot)
+    return StartedRun(run, guarded(events, guard), slot, guard)
 
 
 @dataclass

@@ -17,13 +17,20 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import ServerSentEvent
 
-from rillet_runtime.api.deps import RuntimeDep, admit_stream, collect, events_for, new_run
+from rillet_runtime.api.deps import (
+    PrincipalDep,
+    RuntimeDep,
+    collect,
+    get_principal,
+    start_run,
+    thread_key,
+)
 from rillet_runtime.api.errors import ApiError, error_body, require_json
-from rillet_runtime.api.sse import SlotEventSourceResponse
+from rillet_runtime.api.sse import ClosingEventSourceResponse
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.events import RunEvent
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(get_principal)])
 
 _STARTED = int(time.time())
 
@@ -154,7 +161,9 @@ async def _with_thread_cleanup(
 
 
 @router.post("/chat/completions", dependencies=[Depends(require_json)], response_model=None)
-async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep) -> Any:
+async def chat_completions(
+    body: ChatCompletionRequest, runtime: RuntimeDep, principal: PrincipalDep
+) -> Any:
     if body.model not in served_models(runtime):
         raise ApiError(
             404, "model_not_found", f"model {body.model!r} is not served here", param="model"
@@ -166,26 +175,29 @@ async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep) -> 
             "messages: the last message must be from the user",
             param="messages",
         )
-    endpoint = "chat_completions"
-    slot = admit_stream(runtime, endpoint)
-    thread_id = f"oai-{uuid.uuid4().hex}"
-    run = new_run(
-        runtime, {"messages": to_langchain(body.messages)}, thread_id, endpoint, body.user
+    # `user` is the client's end-user tag, never whose data is touched: that is the principal.
+    started = await start_run(
+        runtime,
+        principal,
+        {"messages": to_langchain(body.messages)},
+        f"oai-{uuid.uuid4().hex}",
+        "chat_completions",
+        throwaway_thread=True,
     )
-    events = events_for(runtime, run, slot)
+    thread = thread_key(principal, started.request.thread_id)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = openai_chunks(events, body.model, include_usage)
-        return SlotEventSourceResponse(
-            _with_thread_cleanup(runtime, thread_id, chunks),
-            slot,
+        chunks = openai_chunks(started.events, body.model, include_usage)
+        return ClosingEventSourceResponse(
+            _with_thread_cleanup(runtime, thread, chunks),
+            started.close,
             runtime.settings.streaming.heartbeat_seconds,
         )
     try:
-        collected = await collect(events)
+        collected = await collect(started.events)
     finally:
-        slot.release()
-        await runtime.checkpointer.adelete_thread(thread_id)
+        await started.close()
+        await runtime.checkpointer.adelete_thread(thread)
     return {
         "id": f"chatcmpl-{collected.run_id}",
         "object": "chat.completion",

@@ -1,30 +1,43 @@
-"""`GET /v1/runs/{run_id}/stream`: rejoin a run from any worker (resumable streams)."""
+"""The runs of the native API: rejoin one from any worker (resumable streams), or cancel
+one. A run belongs to the principal that started it; anyone else gets 404."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Depends, Header, Path, Response
 from sse_starlette import EventSourceResponse
 
-from rillet_runtime.api.deps import RuntimeDep
+from rillet_runtime.api.deps import PrincipalDep, RuntimeDep, get_principal
 from rillet_runtime.api.errors import ApiError
 from rillet_runtime.api.sse import sse_events
+from rillet_runtime.app_state import Runtime
+from rillet_runtime.auth import Principal
 
-router = APIRouter(prefix="/v1", tags=["runs"])
+router = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(get_principal)])
 
+RunIdPath = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^\d{1,9}$")]
+
+
+async def _own_run(runtime: Runtime, principal: Principal, run_id: str) -> None:
+    if await runtime.runs.owner(run_id) != principal.key:
+        raise ApiError(
+            404, "run_not_found", f"run {run_id!r} is unknown or expired", param="run_id"
+        )
 
 
 @router.get("/runs/{run_id}/stream", responses={200: {"content": {"text/event-stream": {}}}})
 async def resume_stream(
-    run_id: Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")],
+    run_id: RunIdPath,
     runtime: RuntimeDep,
+    principal: PrincipalDep,
     last_event_id: LastEventId = None,
 ) -> EventSourceResponse:
     """Replay a run's events after `Last-Event-ID`, then follow it live, from any worker."""
     if runtime.run_log is None:
         raise ApiError(404, "resume_unavailable", "resumable streams need the Redis state store")
+    await _own_run(runtime, principal, run_id)
     events = await runtime.run_log.follow(run_id, int(last_event_id or 0))
     if events is None:
         raise ApiError(
@@ -33,3 +46,12 @@ async def resume_stream(
     return EventSourceResponse(
         sse_events(events), ping=runtime.settings.streaming.heartbeat_seconds, sep="\n"
     )
+
+
+@router.post("/runs/{run_id}/cancel", status_code=202)
+async def cancel_run(run_id: RunIdPath, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
+    """Stop a run of yours, on whichever worker runs it; its stream ends with `run_cancelled`.
+    Accepted, not awaited: the run stops within about a second."""
+    await _own_run(runtime, principal, run_id)
+    await runtime.runs.request_cancel(run_id)
+    return Response(status_code=202)

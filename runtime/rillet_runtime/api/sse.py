@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from rillet_runtime.admission import StreamSlot
 from rillet_runtime.events import RunEvent
 
 
@@ -35,17 +35,21 @@ async def from_origin(
         detach()
 
 
-class SlotEventSourceResponse(EventSourceResponse):
-    """Gives the stream slot back even if the client left before the body started."""
+class ClosingEventSourceResponse(EventSourceResponse):
+    """Gives back what the run holds even if the client left before the body started."""
 
     def __init__(
-        self, content: AsyncIterator[ServerSentEvent], slot: StreamSlot, ping: float
+        self,
+        content: AsyncIterator[ServerSentEvent],
+        close: Callable[[], Awaitable[None]],
+        ping: float,
     ) -> None:
         super().__init__(content, ping=ping, sep="\n")
-        self._slot = slot
+        self._close = close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._slot.release()
+            with anyio.CancelScope(shield=True):  # the client may be gone: finish anyway
+                await self._close()

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    HumanMessage,
+    RemoveMessage,
+    SystemMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -64,9 +70,15 @@ def last_question(state: ChatState) -> str:
 
 
 def cache_scope(config: RunnableConfig) -> str:
-    """A tenant when the request names one, else the thread: never shared by accident."""
+    """The principal (else the thread): one caller's answers are never served to another."""
     configurable = config.get("configurable", {})
-    return str(configurable.get("tenant") or configurable.get("thread_id", ""))
+    return str(configurable.get("principal") or configurable.get("thread_id", ""))
+
+
+def prompt_text(messages: list[AnyMessage]) -> str:
+    """The whole conversation the model answers, as the cache's key: the same question
+    after a different history is a different prompt."""
+    return "\n".join(f"{m.type}: {m.text}" for m in messages)
 
 
 def _source_ref(hit: Hit) -> SourceRef:
@@ -87,7 +99,8 @@ def build_rag_graph(
         cached: str | None = None
         try:
             if deps.response_cache is not None:
-                key = response_cache_key(cache_scope(config), deps.model_name, question)
+                prompt = prompt_text(state["messages"][-deps.history_window :])
+                key = response_cache_key(cache_scope(config), deps.model_name, prompt)
                 cached = await deps.response_cache.get(key)
             if cached is not None:
                 return {"cached": True, "sources": [], "messages": [AIMessage(content=cached)]}
@@ -103,7 +116,7 @@ def build_rag_graph(
         prompt = [SystemMessage(content=render_system_prompt(passages)), *history]
         answer = await deps.model.ainvoke(prompt, config)
         if deps.response_cache is not None and state["sources"] and answer.text:
-            key = response_cache_key(cache_scope(config), deps.model_name, last_question(state))
+            key = response_cache_key(cache_scope(config), deps.model_name, prompt_text(history))
             await deps.response_cache.set(key, answer.text)
         overflow = len(state["messages"]) + 1 - deps.history_window
         removals = [RemoveMessage(id=m.id) for m in state["messages"][: max(overflow, 0)] if m.id]

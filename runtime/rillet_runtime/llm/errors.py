@@ -10,6 +10,10 @@ class ProviderUnavailableError(RuntimeError):
     """Every configured provider is failing or its circuit is open."""
 
 
+class RunCancelled(Exception):
+    """Someone stopped the run: a cancel request, or a newer run interrupting its thread."""
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     code: str
@@ -26,6 +30,8 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     """Map SDK exceptions (openai, anthropic, httpx) by shape, not by import."""
     name = type(exc).__name__
     status = _status_code(exc)
+    if isinstance(exc, RunCancelled):
+        return ErrorInfo("run_cancelled", "the run was cancelled", False)
     if type(exc).__module__.startswith("redis"):
         return ErrorInfo("state_unavailable", "the thread state store is unavailable", True)
     if isinstance(exc, ProviderUnavailableError) or name == "OpenedState":

@@ -1,7 +1,8 @@
 """Thread state and caches behind one seam chosen by settings.
 
 Memory is the embedded default (`make run`, tests); Redis serves production. The app and
-the graphs only see a checkpointer, a response cache and (with Redis) a run log.
+the graphs only see a checkpointer, a response cache, the per-principal limits, the run
+registry (thread leases, run owners, cancel requests) and (with Redis) a run log.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from rillet_runtime.metrics import timed_stage
-from rillet_runtime.settings import StateSettings, StreamingSettings
+from rillet_runtime.settings import Settings, StateSettings
 from rillet_runtime.state.caches import (
     MemoryResponseCache,
     RedisEmbeddingCache,
@@ -32,7 +33,9 @@ from rillet_runtime.state.caches import (
     response_cache_key,
 )
 from rillet_runtime.state.checkpoint import RedisCheckpointSaver
+from rillet_runtime.state.limits import Limiter, MemoryLimiter, RedisLimiter
 from rillet_runtime.state.run_log import RunLog
+from rillet_runtime.state.runs import LEASE_MS, MemoryRunRegistry, RedisRunRegistry, RunRegistry
 
 __all__ = [
     "RedisCheckpointSaver",
@@ -75,6 +78,8 @@ class StateBackends:
     checkpointer: BaseCheckpointSaver[Any]
     response_cache: ResponseCache | None
     embedding_cache: RedisEmbeddingCache | None
+    limiter: Limiter
+    runs: RunRegistry
     run_log: RunLog | None  # set when runs are resumable (Redis state)
 
 
@@ -87,10 +92,9 @@ def serializer(settings: StateSettings) -> JsonPlusSerializer:
 
 
 @asynccontextmanager
-async def open_state(
-    settings: StateSettings, streaming: StreamingSettings
-) -> AsyncIterator[StateBackends]:
+async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
     """Open the configured backends for one worker process; close them, run log first, after."""
+    settings, streaming = all_settings.state, all_settings.streaming
     if settings.checkpointer == "memory":
         cache = (
             MemoryResponseCache(
@@ -99,7 +103,14 @@ async def open_state(
             if settings.response_cache
             else None
         )
-        yield StateBackends(TimedMemorySaver(serde=serializer(settings)), cache, None, None)
+        yield StateBackends(
+            checkpointer=TimedMemorySaver(serde=serializer(settings)),
+            response_cache=cache,
+            embedding_cache=None,
+            limiter=MemoryLimiter(all_settings.limits),
+            runs=MemoryRunRegistry(),
+            run_log=None,
+        )
         return
 
     assert settings.redis_url is not None  # enforced by StateSettings
@@ -124,6 +135,8 @@ async def open_state(
                 else None
             ),
             embedding_cache=RedisEmbeddingCache(client, settings.embedding_cache_ttl_seconds),
+            limiter=RedisLimiter(client, all_settings.limits, stream_ttl_ms=LEASE_MS),
+            runs=RedisRunRegistry(client, record_ms=int(streaming.resume_ttl_seconds * 1000)),
             run_log=run_log,
         )
     finally:

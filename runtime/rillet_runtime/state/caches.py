@@ -23,9 +23,9 @@ class ResponseCache(Protocol):
     async def set(self, key: str, answer: str) -> None: ...
 
 
-def response_cache_key(scope: str, model: str, question: str) -> str:
-    """Exact match on the normalised question, per scope (tenant or thread) and model."""
-    normalised = " ".join(question.lower().split())
+def response_cache_key(scope: str, model: str, prompt: str) -> str:
+    """Exact match on the normalised prompt, per scope (the principal) and model."""
+    normalised = " ".join(prompt.lower().split())
     digest = hashlib.sha256(f"{scope}\0{model}\0{normalised}".encode()).hexdigest()
     return f"rillet:resp:{digest}"
 
