@@ -15,6 +15,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from rillet_runtime.fakellm import answer_tokens
+from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import RedisServer
 from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
@@ -44,7 +45,7 @@ def redis_settings(fake: FakeLLM, redis_url: str, **extra: str) -> dict[str, str
 def replicas(
     module_tmp: Path, fake: FakeLLM, redis_server: RedisServer
 ) -> Iterator[tuple[Process, Process]]:
-    settings = redis_settings(fake, redis_server.url, state__response_cache="true")
+    settings = redis_settings(fake, redis_server.url)
     with (
         rillet_server(module_tmp, workers=1, **settings) as a,
         rillet_server(module_tmp, workers=1, **settings) as b,
@@ -101,20 +102,27 @@ def test_the_thread_is_shared_by_the_replicas(replicas: tuple[Process, Process])
 
 
 def test_response_cache_answers_a_repeat_without_the_model(
-    replicas: tuple[Process, Process], fake: FakeLLM
+    module_tmp: Path, fake: FakeLLM, redis_server: RedisServer
 ) -> None:
-    a, b = replicas
-    headers = {"X-Rillet-Tenant": "tenant-a"}
+    """Per principal, whichever replica answers: another principal's repeat is a miss."""
+    keys = write_api_keys(module_tmp / "cache-keys", {"tenant-a": "key-a", "tenant-b": "key-b"})
+    settings = redis_settings(
+        fake, redis_server.url, state__response_cache="true", **api_key_settings(keys)
+    )
     question = {"message": "How do I install Rillet?"}
-    first = read(a.url, json=question, headers=headers)
-    calls = fake.stats()["started"]
-    second = read(b.url, json=question, headers=headers)
-    assert text_of(second) == text_of(first) == EXPECTED
-    assert fake.stats()["started"] == calls  # served from the cache, on the other replica
-    assert "sources" not in [name for _, name, _ in second]
-    other_tenant = read(b.url, json=question, headers={"X-Rillet-Tenant": "tenant-b"})
-    assert fake.stats()["started"] == calls + 1
-    assert text_of(other_tenant) == EXPECTED
+    with (
+        rillet_server(module_tmp, workers=1, **settings) as a,
+        rillet_server(module_tmp, workers=1, **settings) as b,
+    ):
+        first = read(a.url, json=question, headers={"Authorization": "Bearer key-a"})
+        calls = fake.stats()["started"]
+        second = read(b.url, json=question, headers={"Authorization": "Bearer key-a"})
+        assert text_of(second) == text_of(first) == EXPECTED
+        assert fake.stats()["started"] == calls  # served from the cache, on the other replica
+        assert "sources" not in [name for _, name, _ in second]
+        other_tenant = read(b.url, json=question, headers={"Authorization": "Bearer key-b"})
+        assert fake.stats()["started"] == calls + 1
+        assert text_of(other_tenant) == EXPECTED
 
 
 def test_a_dead_owner_gives_run_interrupted(
@@ -148,8 +156,8 @@ def test_unknown_runs_and_bad_resume_headers(replicas: tuple[Process, Process]) 
 
 
 def test_redis_going_down_mid_stream(module_tmp: Path, fake: FakeLLM) -> None:
-    """In-flight streams finish and say their state was not saved; new ones fail fast with
-    a clear error; after Redis is back, everything works again."""
+    """In-flight streams finish and say their state was not saved; new ones are refused fast
+    with a clear, retryable 503; after Redis is back, everything works again."""
     redis = RedisServer(module_tmp / "flaky-redis")
     redis.start()
     settings = redis_settings(fake, redis.url, state__redis_timeout_seconds="1")
@@ -173,13 +181,13 @@ def test_redis_going_down_mid_stream(module_tmp: Path, fake: FakeLLM) -> None:
         assert text_of(events) == EXPECTED
 
         started = time.monotonic()
-        refused = read(server.url, json={"message": "anyone?"})
+        # A run's thread lease cannot be taken: refused before any stream starts.
+        for path in ("/v1/chat/stream", "/v1/chat"):
+            refused = httpx.post(f"{server.url}{path}", json={"message": "anyone?"}, timeout=30)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "state_unavailable"
+            assert refused.headers["Retry-After"]
         assert time.monotonic() - started < 5
-        assert refused[-1][1] == "error"
-        assert refused[-1][2]["code"] == "state_unavailable"
-        whole = httpx.post(f"{server.url}/v1/chat", json={"message": "anyone?"}, timeout=30)
-        assert whole.status_code == 503
-        assert whole.json()["error"]["code"] == "state_unavailable"
 
         redis.start()
         recovered = read(server.url, json={"message": "back?"})

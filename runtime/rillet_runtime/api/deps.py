@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import redis
 from fastapi import Depends, Request
 from langchain_core.runnables import RunnableConfig
 
@@ -175,6 +176,12 @@ async def start_run(
         REQUESTS.labels(endpoint, "rejected_thread_busy").inc()
         raise ApiError(
             409, "thread_busy", f"thread {thread_id!r} has a run in progress", param="thread_id"
+        ) from None
+    except redis.RedisError:  # limits and leases cannot be checked: refuse before streaming
+        REQUESTS.labels(endpoint, "rejected_state_unavailable").inc()
+        retry_after = {"Retry-After": str(settings.server.retry_after_seconds)}
+        raise ApiError(
+            503, "state_unavailable", "the thread state store is unavailable", headers=retry_after
         ) from None
     finally:
         if not guard.taken:

@@ -111,6 +111,8 @@ class RedisLimiter:
 
     async def admit(self, principal_key: str, stream_id: str) -> Refusal | None:
         s = self.settings
+        if not (s.concurrent_streams or s.requests_per_minute or s.tokens_per_minute):
+            return None  # no limits: no round trip
         reason, wait_ms = await self.client.eval(
             _ADMIT,
             3,
@@ -130,8 +132,10 @@ class RedisLimiter:
             await self.client.eval(_RENEW, 1, streams, stream_id, self.stream_ttl_ms)
 
     async def release(self, principal_key: str, stream_id: str, tokens: int) -> None:
-        streams, _, token_key = _keys(principal_key)
         tpm = self.settings.tokens_per_minute or 0
+        if not (self.settings.concurrent_streams or tpm):
+            return
+        streams, _, token_key = _keys(principal_key)
         await self.client.eval(_RELEASE, 2, streams, token_key, stream_id, tokens, tpm)
 
 
