@@ -78,6 +78,7 @@ def measure_pod(levels: tuple[int, ...], seconds: float, tokens: int) -> dict[st
         "RILLET_SERVER__PORT": str(port),
         "RILLET_SERVER__WORKERS": str(WORKERS),
         "RILLET_SERVER__METRICS_DIR": str(work / "metrics"),
+        "RILLET_SERVER__METRICS_PORT": str(free_port()),
     }
     with contextlib.ExitStack() as stack:
         stack.enter_context(

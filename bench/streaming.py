@@ -353,6 +353,7 @@ async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> di
                 "RILLET_SERVER__WORKERS": "1",
                 "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "1200",
                 "RILLET_SERVER__METRICS_DIR": str(work / f"metrics-{port}"),
+                "RILLET_SERVER__METRICS_PORT": str(free_port()),
             }
             proc = stack.enter_context(
                 started(

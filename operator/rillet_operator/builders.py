@@ -100,7 +100,12 @@ def deployment(cs: ChatService) -> dict[str, Any]:
         "name": "rillet",
         "image": spec.image,
         "command": ["rillet", "serve"],
-        "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
+        # `metrics`: gunicorn's master serves /metrics there; the Service exposes `http` only.
+        "ports": [
+            {"name": name, "containerPort": port, "protocol": "TCP"}
+            for name, port in (("http", server.port), ("metrics", server.metrics_port))
+            if port is not None
+        ],
         "env": env,
         "resources": spec.server.resources.model_dump(),
         "startupProbe": _probe("/healthz", 2, 30),

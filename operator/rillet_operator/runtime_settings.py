@@ -48,6 +48,7 @@ DRAIN_FILE = f"{SCRATCH_DIR}/rillet/draining"
 BUILT_IN_INDEX = "/opt/rillet/index"  # Rillet's docs, ingested when the image is built
 CLAIMED_INDEX = "/var/lib/rillet/index"  # vectorIndex.embedded.claimName, read-only
 PORT = 8000
+METRICS_PORT = 9090  # gunicorn's master serves /metrics here, apart from the API's port
 DRAIN_SECONDS = 5
 GRACE_MARGIN_SECONDS = 5  # between gunicorn's last word and the kubelet's SIGKILL
 REDIS_PORT = 6379  # the managed Redis: its container, its Service and the URL pods use
@@ -81,6 +82,7 @@ def runtime_settings(spec: ChatServiceSpec) -> Settings:
         server=ServerSettings(
             host="0.0.0.0",
             port=PORT,
+            metrics_port=METRICS_PORT,
             workers=spec.server.workers_per_pod,
             max_streams_per_worker=spec.server.max_concurrent_streams_per_worker,
             max_stream_seconds=spec.server.max_stream_seconds,

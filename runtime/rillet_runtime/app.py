@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
 from rillet_runtime.admission import Admission
-from rillet_runtime.api import chat, openai_compat, ops, runs
+from rillet_runtime.api import chat, docs, openai_compat, ops, runs
 from rillet_runtime.api.errors import (
     BodyLimitMiddleware,
     http_exception_handler,
@@ -78,11 +78,14 @@ def create_app(settings: Settings) -> FastAPI:
             STREAM_CAPACITY.set(settings.server.max_streams_per_worker)
             yield {"runtime": runtime}
 
+    # FastAPI's own /docs and /openapi.json take no dependencies: api/docs.py serves them,
+    # behind a principal, when server.docs is on.
     app = FastAPI(
         title="Rillet runtime",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs",
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -96,4 +99,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(openai_compat.router)
     app.include_router(ops.router)
+    if settings.server.docs:
+        app.include_router(docs.router)
     return app

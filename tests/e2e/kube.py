@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from testcluster import TestCluster
+from tests.support.processes import wait_for as wait_for  # re-exported for the e2e tests
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 GROUP = "rillet.dev"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-    """Poll until `check` returns something truthy (functional deadline, not a speed test)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:

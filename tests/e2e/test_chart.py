@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from rillet_operator import builders
 from rillet_operator.autoscaling import ACTIVE_STREAMS, LATENCY_WINDOW, TTFT_P95
+from rillet_operator.meta import ChatService
 from testcluster import TestCluster, build
 from testcluster.operator import OperatorProcess
 from tests.e2e.kube import EXAMPLES, condition, wait_ready
@@ -92,6 +94,30 @@ def test_adapter_rules_serve_the_metrics_the_hpas_scale_on(bare_cluster: TestClu
     container = operator["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RILLET_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring.svc:9090"
+
+
+def test_the_chatservice_pod_monitor_scrapes_the_pods_metrics_port(
+    bare_cluster: TestCluster,
+) -> None:
+    """The chart's PodMonitor and the operator's pods agree: its selector picks the pods and
+    it scrapes their `metrics` port (gunicorn's master), which the Service does not expose."""
+    documents = render(bare_cluster, CHART / "ci" / "autoscaling-values.yaml", "rillet-system")
+    monitor = next(
+        d
+        for d in documents
+        if d["kind"] == "PodMonitor" and d["metadata"]["name"].endswith("-chatservices")
+    )
+    document = yaml.safe_load((EXAMPLES / "demo.yaml").read_text())
+    metadata = {**document["metadata"], "namespace": "team-a", "uid": "u"}
+    cs = ChatService.from_body({"metadata": metadata, "spec": document["spec"]})
+    pod = builders.deployment(cs)["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"] for p in container["ports"]}
+    scraped = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert scraped == {"metrics"} <= ports
+    service_ports = {p["targetPort"] for p in builders.service(cs)["spec"]["ports"]}
+    assert service_ports == {"http"}
 
 
 def deployed_operator(cluster: TestCluster, namespace: str, release: str) -> dict[str, Any]:

@@ -174,10 +174,11 @@ def test_the_runtime_serves_from_the_rendered_settings_and_drains(image: Image) 
     )
     settings = image.tmp / "settings.yaml"  # in a pod, the ConfigMap's read-only mount
     settings.write_text(builders.config_map(cs)["data"]["settings.yaml"])
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = image.env(
         RILLET_SETTINGS_FILE=str(settings),
         RILLET_SERVER__PORT=str(port),  # 8080 in the pod; a free port here
+        RILLET_SERVER__METRICS_PORT=str(metrics_port),  # the container's `metrics` port
         RILLET_SERVER__METRICS_DIR=str(image.tmp / "rillet-metrics"),
         RILLET_SERVER__DRAIN_FILE=str(image.tmp / "draining"),
         RILLET_RETRIEVAL__EMBEDDED__PATH=str(image.index),  # /opt/rillet/index in the image
@@ -209,6 +210,12 @@ def test_the_runtime_serves_from_the_rendered_settings_and_drains(image: Image) 
         sources = next(data for name, data in received if name == "sources")["sources"]
         assert sources, "the bundled docs corpus is missing from the wheel"
         assert received[-1][0] == "done"
+        # Metrics from gunicorn's master on the port the pod names `metrics`; none on the API's.
+        ports = {p["name"] for p in container["ports"]}
+        assert ports == {"http", "metrics"}
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'rillet_requests_total{endpoint="chat_stream",outcome="completed"} 1.0' in metrics
+        assert httpx.get(f"{url}/metrics", timeout=5).status_code == 404
 
         pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
         assert pre_stop[:2] == ["rillet", "drain"]

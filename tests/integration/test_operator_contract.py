@@ -70,6 +70,7 @@ def boot(
         "RILLET_SETTINGS_FILE": str(settings_file),  # the ConfigMap's mount point, here
         "RILLET_SERVER__PORT": str(port),
         "RILLET_SERVER__METRICS_DIR": str(tmp_path / "metrics"),
+        "RILLET_SERVER__METRICS_PORT": str(free_port()),  # the rendered file's, in a pod
         "RILLET_SERVER__DRAIN_FILE": str(tmp_path / "draining"),
     }
     return rillet_process(["serve"], env, tmp_path / "rillet.log", "/readyz", port)

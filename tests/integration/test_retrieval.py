@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,14 @@ from rillet_runtime.retrieval.indexes.embedded import VECTORS
 from rillet_runtime.retrieval.retriever import reciprocal_rank_fusion
 from rillet_runtime.settings import Settings
 from tests.fakes.pinecone import fake_pinecone
-from tests.support.processes import free_port
-from tests.support.servers import FakeLLM, fake_llm_process, rillet_server, served
+from tests.support.processes import free_port, wait_for
+from tests.support.servers import (
+    FakeLLM,
+    RilletServer,
+    fake_llm_process,
+    rillet_server,
+    served,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG_SECTION = " ".join(f"Scaling note {i} keeps the latency target." for i in range(150))
@@ -107,19 +112,13 @@ def ask(url: str, question: str) -> list[dict[str, object]]:
     return found
 
 
-def worker_maps(url: str, master_pid: int, name: str) -> list[bool]:
+def worker_maps(server: RilletServer, name: str) -> list[bool]:
     """Which gunicorn workers map the file, once all of them are up (readiness needs one;
     the stream capacity gauge sums every started worker's 500)."""
-    wait_for_metric(url, "rillet_stream_capacity 1000.0")
-    workers = psutil.Process(master_pid).children()
+    line = "rillet_stream_capacity 1000.0"
+    wait_for(line, lambda: line in server.metrics().splitlines(), timeout=30)
+    workers = psutil.Process(server.proc.pid).children()
     return [any(m.path.endswith(name) for m in w.memory_maps(grouped=True)) for w in workers]
-
-
-def wait_for_metric(url: str, line: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        assert time.monotonic() < deadline, f"no {line!r} in /metrics"
-        time.sleep(0.2)
 
 
 def test_serve_answers_from_the_index_and_workers_share_its_file(
@@ -134,8 +133,8 @@ def test_serve_answers_from_the_index_and_workers_share_its_file(
         assert all(set(s) == {"id", "title", "score", "source"} for s in sources)
         assert all(isinstance(s["score"], float) and s["score"] > 0 for s in sources)
         # Each gunicorn worker maps the one vectors file (usearch view), none holds a copy.
-        assert worker_maps(server.url, server.proc.pid, VECTORS) == [True, True]
-        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert worker_maps(server, VECTORS) == [True, True]
+        metrics = server.metrics()
         for stage in ("embedding", "retrieval"):
             assert f'rillet_stage_duration_seconds_count{{stage="{stage}"}}' in metrics
 
@@ -192,7 +191,7 @@ def test_openai_compatible_embeddings_through_the_redis_cache(
         assert embedded_texts(fake) == first + 1
         assert ask(server.url, "Which animal eats grasses?")[0]["source"] == "sub/faq.html"
         assert embedded_texts(fake) == first + 1  # the second question's vector came from Redis
-        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        metrics = server.metrics()
         assert 'rillet_cache_requests_total{cache="embedding",result="hit"}' in metrics
 
 
@@ -307,6 +306,7 @@ def test_make_run_ingests_the_docs_and_answers_from_them(tmp_path: Path) -> None
     env = {
         "RILLET_SERVER__PORT": str(port),
         "RILLET_SERVER__METRICS_DIR": str(tmp_path / "metrics"),
+        "RILLET_SERVER__METRICS_PORT": str(free_port()),
     }
     command = ["make", "--no-print-directory", "run", f"DOCS_INDEX={index}"]
     with served(command, env, log, "/readyz", port, cwd=ROOT) as server:

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 from httpx_sse import aconnect_sse, connect_sse
 
 from rillet_runtime.llm.extractive import PREAMBLE
-from tests.support.servers import Process, rillet_server
+from tests.support.processes import wait_for
+from tests.support.servers import RilletServer, rillet_server
 
 QUESTION = "How do I install Rillet?"
 
 
 @pytest.fixture(scope="module")
-def server(module_tmp: Path) -> Iterator[Process]:
+def server(module_tmp: Path) -> Iterator[RilletServer]:
     with rillet_server(module_tmp, workers=2) as process:
         yield process
 
@@ -37,7 +39,7 @@ def stream_events(url: str, body: dict[str, object]) -> list[tuple[str, str, dic
         return [(sse.id, sse.event, json.loads(sse.data)) for sse in source.iter_sse()]
 
 
-def test_streams_an_answer_grounded_in_the_bundled_docs(server: Process) -> None:
+def test_streams_an_answer_grounded_in_the_bundled_docs(server: RilletServer) -> None:
     events = stream_events(server.url, {"message": QUESTION})
     names = [name for _, name, _ in events]
     assert names[0] == "metadata"
@@ -69,7 +71,7 @@ def assert_quotes_the_docs(answer: str) -> None:
         assert " ".join(quote.split()) in corpus
 
 
-def test_chat_json_and_thread_lifecycle(server: Process) -> None:
+def test_chat_json_and_thread_lifecycle(server: RilletServer) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         first = client.post("/v1/chat", json={"message": "hello", "thread_id": "thread-lifecycle"})
         assert first.status_code == 200, first.text
@@ -141,7 +143,7 @@ def test_chat_json_and_thread_lifecycle(server: Process) -> None:
 )
 @pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
 def test_bad_requests_get_a_clear_4xx(
-    server: Process,
+    server: RilletServer,
     path: str,
     content: bytes,
     headers: dict[str, str],
@@ -157,14 +159,14 @@ def test_bad_requests_get_a_clear_4xx(
     assert "Traceback" not in response.text
 
 
-def test_unknown_thread_is_404(server: Process) -> None:
+def test_unknown_thread_is_404(server: RilletServer) -> None:
     for method in ("GET", "DELETE"):
         response = httpx.request(method, f"{server.url}/v1/threads/never-seen", timeout=10)
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "thread_not_found"
 
 
-async def test_official_openai_sdk_streams_from_chat_completions(server: Process) -> None:
+async def test_official_openai_sdk_streams_from_chat_completions(server: RilletServer) -> None:
     """The official `openai` SDK, unchanged, against Rillet's OpenAI-compatible API."""
     client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     models = [m.id async for m in client.models.list()]
@@ -208,11 +210,12 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
 
 
-async def test_metrics_sum_all_workers(server: Process) -> None:
+async def test_metrics_sum_all_workers(server: RilletServer) -> None:
     """Waves of 20 streams held open at once until both workers have served some (which
-    worker accepts a connection is up to the kernel): /metrics shows the sum of both."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        before = (await client.get("/metrics")).text
+    worker accepts a connection is up to the kernel): /metrics, served by gunicorn's master
+    on its own port, shows the sum of both."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        before = (await client.get(server.metrics_url)).text
         completed_label = '{endpoint="chat_stream",outcome="completed"}'
         started = _metric(before, "rillet_requests_total", completed_label)
 
@@ -225,14 +228,16 @@ async def test_metrics_sum_all_workers(server: Process) -> None:
                     pass
 
         def worker_files() -> set[str]:
+            """The processes that wrote counters, but the master (it imports the metrics
+            with the worker class, and serves them)."""
             files = server_metrics_dir(server).glob("counter_*.db")
-            return {p.name.rsplit("_", 1)[-1] for p in files}
+            return {p.name.rsplit("_", 1)[-1] for p in files} - {f"{server.proc.pid}.db"}
 
         waves = 0
         while waves < 10 and (waves == 0 or len(worker_files()) < 2):
             await asyncio.gather(*(one_stream() for _ in range(20)))
             waves += 1
-        after = (await client.get("/metrics")).text
+        after = (await client.get(server.metrics_url)).text
 
     assert len(worker_files()) == 2, "both workers should have written counters"
     assert _metric(after, "rillet_requests_total", completed_label) - started == 20 * waves
@@ -244,6 +249,40 @@ async def test_metrics_sum_all_workers(server: Process) -> None:
     assert _metric(after, "rillet_active_streams") == 0
 
 
-def server_metrics_dir(server: Process) -> Path:
+def test_a_replaced_worker_leaves_the_live_gauges(tmp_path: Path) -> None:
+    """A worker killed outright is replaced by gunicorn; its live gauges leave the sums
+    (`child_exit` marks it dead), so the pod's capacity stays two workers' worth."""
+    capacity = "rillet_stream_capacity"
+    with rillet_server(tmp_path, workers=2) as server:
+        master = psutil.Process(server.proc.pid)
+        wait_for("both workers' gauges", lambda: _metric(server.metrics(), capacity) == 1000)
+        workers_before = master.children()
+        doomed = workers_before[0]
+        doomed.kill()
+        doomed.wait(timeout=10)
+
+        def replaced() -> bool:
+            workers = master.children()
+            return len(workers) == 2 and doomed.pid not in {w.pid for w in workers}
+
+        wait_for("gunicorn to replace the worker", replaced, timeout=30)
+        files = server_metrics_dir(server)
+        assert not list(files.glob(f"gauge_live*_{doomed.pid}.db"))
+        (new_pid,) = {w.pid for w in master.children()} - {w.pid for w in workers_before}
+        wait_for("the new worker's gauges", lambda: list(files.glob(f"gauge_live*_{new_pid}.db")))
+        wait_for("two workers' capacity", lambda: _metric(server.metrics(), capacity) == 1000)
+        assert _metric(server.metrics(), "rillet_active_streams") == 0
+
+
+def test_the_api_port_serves_no_metrics_and_no_docs(server: RilletServer) -> None:
+    """A smaller surface by default: metrics only on their own port, no schema or docs."""
+    assert "rillet_stream_capacity" in server.metrics()
+    for path in ("/metrics", "/docs", "/openapi.json", "/redoc"):
+        response = httpx.get(server.url + path, timeout=10)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def server_metrics_dir(server: RilletServer) -> Path:
     port = server.url.rsplit(":", 1)[-1]
     return server.log.parent / f"metrics-{port}"

@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -34,6 +36,18 @@ def wait_until_ready(
                 return
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
+    """Poll until `check` returns something truthy (functional deadline, not a speed test)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 def stop_process_group(

@@ -99,16 +99,30 @@ def fake_llm_process(tmp_path: Path, *flags: str) -> Iterator[FakeLLM]:
         yield FakeLLM(p.url)
 
 
+@dataclass
+class RilletServer(Process):
+    """`rillet serve`: the API at `url`, Prometheus metrics (the master's port) at
+    `metrics_url`."""
+
+    metrics_url: str
+
+    def metrics(self) -> str:
+        response = httpx.get(self.metrics_url, timeout=10)
+        response.raise_for_status()
+        return response.text
+
+
 @contextlib.contextmanager
-def rillet_server(tmp_path: Path, workers: int = 2, **settings: str) -> Iterator[Process]:
+def rillet_server(tmp_path: Path, workers: int = 2, **settings: str) -> Iterator[RilletServer]:
     """`rillet serve` (gunicorn + uvicorn workers); settings as RILLET_ env vars."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         "RILLET_SERVER__PORT": str(port),
         "RILLET_SERVER__WORKERS": str(workers),
         "RILLET_SERVER__DRAIN_SECONDS": "1",
         "RILLET_SERVER__METRICS_DIR": str(tmp_path / f"metrics-{port}"),
+        "RILLET_SERVER__METRICS_PORT": str(metrics_port),
         **{f"RILLET_{name.upper()}": value for name, value in settings.items()},
     }
     with rillet_process(["serve"], env, tmp_path / f"rillet-{port}.log", "/readyz", port) as p:
-        yield p
+        yield RilletServer(p.url, p.proc, p.log, f"http://127.0.0.1:{metrics_port}/metrics")

@@ -113,6 +113,10 @@ def test_rendered_settings_are_valid_runtime_settings(
             monkeypatch.setenv(env["name"], env.get("value", f"secret-{env['name'].lower()}"))
         settings = Settings()
         assert settings.server.workers == cs.spec.server.workers_per_pod
+        container = builders.deployment(cs)["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": settings.server.port, "metrics": settings.server.metrics_port}
+        assert not settings.server.docs
         assert settings.state.checkpointer == ("redis" if cs.spec.redis else "memory")
         if cs.spec.model.fallback and cs.spec.model.fallback.api_key_secret_ref:
             assert settings.model.fallback is not None

@@ -1,12 +1,13 @@
-"""Probes and metrics. /readyz turns false while draining so traffic moves elsewhere."""
+"""Probes, the only routes that need no principal. /readyz turns false while draining so
+traffic moves elsewhere. /metrics is not here: gunicorn's master serves it on a port of its
+own (serving/gunicorn_conf.py), so the API's port exposes no metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from rillet_runtime.admission import Admission
-from rillet_runtime.metrics import render_latest
 
 router = APIRouter(tags=["operations"])
 
@@ -22,9 +23,3 @@ async def readyz(request: Request) -> JSONResponse:
     if admission.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     return JSONResponse({"status": "ready", "active_streams": admission.active_streams})
-
-
-@router.get("/metrics")
-async def metrics() -> Response:
-    body, content_type = render_latest()
-    return Response(body, media_type=content_type)

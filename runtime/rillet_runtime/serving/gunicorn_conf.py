@@ -1,7 +1,8 @@
 """Gunicorn config module (`gunicorn -c python:rillet_runtime.serving.gunicorn_conf`).
 
 Every value derives from the runtime settings, so the pod's one settings file drives
-the process model too.
+the process model too. The master also serves /metrics, on `server.metrics_port`: one
+scrape per pod sums every worker's files, and the API's port exposes no metrics.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import math
 import os
 from typing import Any
 
-from rillet_runtime.settings import Settings
+from rillet_runtime.settings import ServerSettings, Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `rillet serve` before gunicorn starts
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -33,12 +36,38 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def serve_metrics(server: ServerSettings, log: Any) -> None:
+    """Prometheus' HTTP server over every worker's multiprocess files, in this process.
+
+    The master, not a worker: it outlives workers (a recycled worker's counters stay in
+    the sums) and it is one per pod, so a scrape never lands on a single worker's view.
+    Imported here, not at the top: the workers need none of it.
+    """
+    if server.metrics_port is None:
+        return
+    if not os.environ.get(MULTIPROC_ENV):
+        log.warning("metrics not served: %s is unset (`rillet serve` sets it)", MULTIPROC_ENV)
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    # A port already taken raises here, before any worker starts: gunicorn exits with it.
+    start_http_server(server.metrics_port, server.host, registry)
+    log.info("Metrics at http://%s:%d/metrics", server.host, server.metrics_port)
+
+
+def when_ready(arbiter: Any) -> None:
+    serve_metrics(_SETTINGS.server, arbiter.log)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges from the multiprocess metrics."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
-globals().update(gunicorn_options(Settings()))
+_SETTINGS = Settings()
+globals().update(gunicorn_options(_SETTINGS))
