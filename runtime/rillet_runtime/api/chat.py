@@ -21,14 +21,16 @@ from rillet_runtime.api.deps import (
     start_run,
     thread_key,
 )
-from rillet_runtime.api.errors import ApiError, require_json
+from rillet_runtime.api.errors import ERROR_RESPONSES, ApiError, require_json
 from rillet_runtime.api.sse import ClosingEventSourceResponse, from_origin, sse_events
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
 from rillet_runtime.events import RunEvent
 from rillet_runtime.run_guard import MultitaskStrategy
 
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(get_principal)])
+router = APIRouter(
+    prefix="/v1", tags=["chat"], dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES
+)
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ThreadIdPath = Annotated[str, Path(pattern=THREAD_ID_PATTERN)]

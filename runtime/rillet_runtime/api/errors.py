@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +43,41 @@ class ApiError(StarletteHTTPException):
         super().__init__(status_code, message, headers)
         self.code = code
         self.param = param
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    type: str
+    param: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error's body (a 422 adds `fields`, one per invalid field)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "malformed JSON",
+    401: "missing or bad credentials (with WWW-Authenticate)",
+    404: "no such thread, run or model for this principal",
+    409: "the thread has a run in progress, or the run was cancelled",
+    413: "the body is too large",
+    415: "the body is not JSON",
+    422: "a field is invalid (named in param)",
+    429: "a per-principal limit (with Retry-After, RateLimit and RateLimit-Policy)",
+    500: "internal error",
+    502: "the model provider refused the request",
+    503: "over capacity, draining, or the state store is unavailable (with Retry-After)",
+    504: "the model provider or the stream timed out",
+}
+# What an authenticated route may answer besides its success, in the one error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in _DESCRIPTIONS.items()
+}
 
 
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:

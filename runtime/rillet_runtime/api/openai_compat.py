@@ -25,12 +25,14 @@ from rillet_runtime.api.deps import (
     start_run,
     thread_key,
 )
-from rillet_runtime.api.errors import ApiError, error_body, require_json
+from rillet_runtime.api.errors import ERROR_RESPONSES, ApiError, error_body, require_json
 from rillet_runtime.api.sse import ClosingEventSourceResponse
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.events import RunEvent
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(get_principal)])
+router = APIRouter(
+    prefix="/v1", tags=["openai"], dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES
+)
 
 _STARTED = int(time.time())
 

@@ -9,15 +9,17 @@ from fastapi import APIRouter, Depends, Header, Path, Response
 from sse_starlette import EventSourceResponse
 
 from rillet_runtime.api.deps import PrincipalDep, RuntimeDep, get_principal
-from rillet_runtime.api.errors import ApiError
+from rillet_runtime.api.errors import ERROR_RESPONSES, ApiError
 from rillet_runtime.api.sse import sse_events
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
 
-router = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(get_principal)])
+router = APIRouter(
+    prefix="/v1", tags=["runs"], dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES
+)
 
 RunIdPath = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")]
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^\d{1,9}$")]
+LastEventId = Annotated[str, Header(alias="Last-Event-ID", pattern=r"^\d{0,9}$")]
 
 
 async def _own_run(runtime: Runtime, principal: Principal, run_id: str) -> None:
@@ -32,7 +34,7 @@ async def resume_stream(
     run_id: RunIdPath,
     runtime: RuntimeDep,
     principal: PrincipalDep,
-    last_event_id: LastEventId = None,
+    last_event_id: LastEventId = "",
 ) -> EventSourceResponse:
     """Replay a run's events after `Last-Event-ID`, then follow it live, from any worker."""
     if runtime.run_log is None:
