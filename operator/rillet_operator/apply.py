@@ -12,12 +12,24 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from rillet_operator.builders import children
+from rillet_operator.builders import children, first_key_secret
 from rillet_operator.kube import ApiError, Kube, NotServed, error_status
 from rillet_operator.meta import MANAGER, ChatService
-from rillet_operator.runtime_settings import redis_service_name
+from rillet_operator.network import NetworkIsolation
+from rillet_operator.runtime_settings import (
+    api_keys_secret,
+    first_key_secret_name,
+    redis_service_name,
+)
 from rillet_operator.spec import GROUP, KIND, VERSION
-from rillet_operator.status import LatencyReading, Observed, compute_status
+from rillet_operator.status import (
+    LatencyReading,
+    Observed,
+    compute_status,
+    controlled_by,
+    held_back,
+    name_conflicts,
+)
 
 log = logging.getLogger(__name__)
 API_WAIT_SECONDS = 120
@@ -51,6 +63,8 @@ def _optional_children(cs: ChatService) -> list[tuple[str, str, str]]:
         ("apps/v1", "StatefulSet", redis),
         ("v1", "Service", redis),
         ("v1", "Secret", redis),
+        ("networking.k8s.io/v1", "NetworkPolicy", cs.name),
+        ("networking.k8s.io/v1", "NetworkPolicy", redis),
     ]
 
 
@@ -65,8 +79,59 @@ def changed_by_apply(before: dict[str, Any], after: dict[str, Any]) -> bool:
     return changed
 
 
-def _owned_by(obj: dict[str, Any], cs: ChatService) -> bool:
-    return any(ref.get("uid") == cs.uid for ref in obj["metadata"].get("ownerReferences", []))
+Key = tuple[str, str]  # (kind, name)
+
+
+async def _create_first_key(client: Kube, cs: ChatService, outcome: Outcome) -> None:
+    """The API keys Secret the spec did not name, created once with a random key; never
+    applied again, so the keys its users rotate or add stay theirs."""
+    try:
+        await client.create(first_key_secret(cs, secrets.token_urlsafe(32)))
+    except ApiError as exc:
+        if exc.status != 409:  # 409: it exists after all; it was checked for control
+            raise
+        return
+    outcome.created.append(f"Secret {first_key_secret_name(cs.name)}")
+
+
+async def _apply_children(
+    client: Kube,
+    desired: list[dict[str, Any]],
+    before: dict[Key, dict[str, Any] | None],
+    outcome: Outcome,
+) -> tuple[dict[Key, dict[str, Any]], list[str]]:
+    """Server-side apply each child: the live objects, and the APIs found not served."""
+    live: dict[Key, dict[str, Any]] = {}
+    missing_apis: list[str] = []
+    for manifest in desired:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            after = await client.apply(manifest)
+        except NotServed:
+            missing_apis.append(manifest["apiVersion"])
+            continue
+        live[kind, name] = after
+        label = f"{kind} {name}"
+        previous = before.get((kind, name))
+        if previous is None:
+            outcome.created.append(label)
+        elif changed_by_apply(previous, after):
+            outcome.updated.append(label)
+    return live, missing_apis
+
+
+async def _prune(
+    client: Kube, cs: ChatService, desired: list[dict[str, Any]], outcome: Outcome
+) -> None:
+    """Delete the optional children this spec no longer has, if the ChatService controls them."""
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
+    for api_version, kind, name in _optional_children(cs):
+        if (kind, name) in wanted:
+            continue
+        existing = await client.get(api_version, kind, name, cs.namespace)
+        if existing and controlled_by(existing, cs.uid):
+            await client.delete(api_version, kind, name, cs.namespace)
+            outcome.deleted.append(f"{kind} {name}")
 
 
 async def reconcile(
@@ -75,50 +140,55 @@ async def reconcile(
     prometheus_url: str | None = None,
     latency: LatencyReading | None = None,
     adapted: tuple[int, int] | None = None,
+    isolation: NetworkIsolation | None = NetworkIsolation(),
 ) -> Outcome:
-    """`adapted`: a (target, adapted from) the operator chose since status was written."""
+    """`adapted`: a (target, adapted from) the operator chose since status was written;
+    `isolation` None: the operator's NetworkPolicies are switched off."""
     cs = ChatService.from_body(body)
     if adapted:
         cs = replace(cs, adapted_target=adapted[0], adapted_from=adapted[1])
     managed_redis = bool(cs.spec.redis and cs.spec.redis.managed)
     password = await redis_password(client, cs) if managed_redis else None
     outcome = Outcome()
-    live: dict[tuple[str, str], dict[str, Any]] = {}
+    desired = children(cs, password, prometheus_url, isolation)
+    first_key = first_key_secret_name(cs.name)
+    wants_first_key = api_keys_secret(cs.name, cs.spec) == first_key
+
+    # Everything already where a child goes, read before anything is written: an object
+    # the ChatService does not control stops the whole reconcile (no silent takeover).
+    targets = [(m["apiVersion"], m["kind"], m["metadata"]["name"]) for m in desired]
+    if wants_first_key:
+        targets.append(("v1", "Secret", first_key))
+    before: dict[Key, dict[str, Any] | None] = {
+        (kind, name): await client.get(api_version, kind, name, cs.namespace)
+        for api_version, kind, name in targets
+    }
+    live = {key: obj for key, obj in before.items() if obj and controlled_by(obj, cs.uid)}
     missing_apis: list[str] = []
-
-    desired = children(cs, password, prometheus_url)
-    for manifest in desired:
-        api_version, kind = manifest["apiVersion"], manifest["kind"]
-        name = manifest["metadata"]["name"]
-        before = await client.get(api_version, kind, name, cs.namespace)
-        try:
-            after = await client.apply(manifest)
-        except NotServed:
-            missing_apis.append(api_version)
-            continue
-        live[kind, name] = after
-        label = f"{kind} {name}"
-        if before is None:
-            outcome.created.append(label)
-        elif changed_by_apply(before, after):
-            outcome.updated.append(label)
-
-    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
-    for api_version, kind, name in _optional_children(cs):
-        if (kind, name) in wanted:
-            continue
-        existing = await client.get(api_version, kind, name, cs.namespace)
-        if existing and _owned_by(existing, cs):
-            await client.delete(api_version, kind, name, cs.namespace)
-            outcome.deleted.append(f"{kind} {name}")
-
     observed = Observed(
         generation=body["metadata"].get("generation", 0),
+        deployment=None,
+        redis=None,
+        prometheus_configured=prometheus_url is not None,
+        latency=latency,
+        conflicts=name_conflicts(cs, before.values()),
+        network_policies=isolation is not None,
+    )
+    held = held_back(cs, observed)
+    if held:
+        log.warning("%s/%s: nothing applied: %s", cs.namespace, cs.name, held["message"])
+    else:
+        if wants_first_key and before["Secret", first_key] is None:
+            await _create_first_key(client, cs, outcome)
+        applied, missing_apis = await _apply_children(client, desired, before, outcome)
+        live.update(applied)
+        await _prune(client, cs, desired, outcome)
+
+    observed = replace(
+        observed,
         deployment=live.get(("Deployment", cs.name)),
         redis=live.get(("StatefulSet", redis_service_name(cs.name))),
         missing_apis=tuple(missing_apis),
-        prometheus_configured=prometheus_url is not None,
-        latency=latency,
     )
     old = body.get("status") or {}
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

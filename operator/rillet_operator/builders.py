@@ -23,12 +23,17 @@ from rillet_operator.meta import (
     metadata,
     selector,
 )
+from rillet_operator.network import NetworkIsolation, network_policies
 from rillet_operator.runtime_settings import (
+    API_KEYS_DIR,
     CLAIMED_INDEX,
+    FIRST_KEY_PRINCIPAL,
     REDIS_PORT,
     SCRATCH_DIR,
     SETTINGS_DIR,
     SETTINGS_FILE,
+    api_keys_secret,
+    first_key_secret_name,
     redis_service_name,
     runtime_settings,
     secret_env,
@@ -40,6 +45,9 @@ from rillet_runtime.settings import SETTINGS_FILE_ENV
 
 RUNTIME_UID = 10001
 REDIS_UID = 999  # the redis image's own user
+REDIS_AUTH_DIR = "/etc/redis"
+REDIS_AUTH_FILE = "auth.conf"  # `requirepass`, from the Secret: never on a command line
+SECRET_FILE_MODE = 0o440  # the pod's group (fsGroup) reads it, nobody else
 HASH_ANNOTATION = f"{GROUP}/settings-hash"
 
 
@@ -123,6 +131,12 @@ def deployment(cs: ChatService) -> dict[str, Any]:
         {"name": "settings", "configMap": {"name": f"{cs.name}-settings"}},
         {"name": "scratch", "emptyDir": {"sizeLimit": "256Mi"}},
     ]
+    keys = api_keys_secret(cs.name, spec)
+    if keys:
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        volumes.append(
+            {"name": "api-keys", "secret": {"secretName": keys, "defaultMode": SECRET_FILE_MODE}}
+        )
     claim = spec.vector_index.embedded.claim_name
     if spec.vector_index.provider == "embedded" and claim:
         mount = {"name": "index", "mountPath": CLAIMED_INDEX, "readOnly": True}
@@ -201,17 +215,39 @@ def pod_disruption_budget(cs: ChatService) -> dict[str, Any]:
     }
 
 
+def first_key_secret(cs: ChatService, key: str) -> dict[str, Any]:
+    """The API keys Secret the operator creates when the spec names none: one random key
+    for the principal `default`. Created once and never applied again, so keys its users
+    add or rotate stay theirs."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(cs, first_key_secret_name(cs.name), "chat"),
+        "type": "Opaque",
+        "stringData": {FIRST_KEY_PRINCIPAL: key},
+    }
+
+
 # -- managed Redis ---------------------------------------------------------------------------
 
 
+def _redis_config_string(value: str) -> str:
+    """A value as a quoted string of Redis's config syntax."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def redis_secret(cs: ChatService, password: str) -> dict[str, Any]:
-    """The password is generated once by the operator and kept; the builder only places it."""
+    """The password is generated once by the operator and kept; the builder only places it:
+    as `password` for the chat pods and as a config file redis-server includes."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": metadata(cs, redis_service_name(cs.name), "redis"),
         "type": "Opaque",
-        "stringData": {"password": password},
+        "stringData": {
+            "password": password,
+            REDIS_AUTH_FILE: f"requirepass {_redis_config_string(password)}\n",
+        },
     }
 
 
@@ -226,8 +262,8 @@ def redis_args(cs: ChatService) -> list[str]:
         ) from None
     maxmemory = int(limit * 8 // 10)  # room for Redis's own overhead
     return [
-        "--requirepass",
-        "$(REDIS_PASSWORD)",
+        "--include",
+        f"{REDIS_AUTH_DIR}/{REDIS_AUTH_FILE}",
         "--maxmemory",
         str(maxmemory),
         "--maxmemory-policy",
@@ -245,8 +281,10 @@ def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
     managed = cs.spec.redis.managed if cs.spec.redis else None
     assert managed is not None
     name = redis_service_name(cs.name)
+    # redis-cli takes the password from REDISCLI_AUTH; it exits 0 even on an error reply
+    # (NOAUTH, LOADING), so the probe checks the answer.
     probe = {
-        "exec": {"command": ["sh", "-c", 'redis-cli -a "$REDIS_PASSWORD" --no-auth-warning ping']},
+        "exec": {"command": ["sh", "-c", 'test "$(redis-cli ping)" = PONG']},
         "periodSeconds": 5,
         "timeoutSeconds": 2,
     }
@@ -257,7 +295,7 @@ def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
         "args": redis_args(cs),
         "env": [
             {
-                "name": "REDIS_PASSWORD",
+                "name": "REDISCLI_AUTH",
                 "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}},
             }
         ],
@@ -269,13 +307,25 @@ def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
         "readinessProbe": probe,
         "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 4},
         "securityContext": _RESTRICTED_CONTAINER,
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "auth", "mountPath": REDIS_AUTH_DIR, "readOnly": True},
+        ],
+    }
+    auth_volume = {
+        "name": "auth",
+        "secret": {
+            "secretName": name,
+            "items": [{"key": REDIS_AUTH_FILE, "path": REDIS_AUTH_FILE}],
+            "defaultMode": SECRET_FILE_MODE,
+        },
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": _pod_security(REDIS_UID),
         "containers": [container],
+        "volumes": [auth_volume],
     }
     stateful_spec: dict[str, Any] = {
         "serviceName": name,
@@ -294,7 +344,7 @@ def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
             }
         ]
     else:
-        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+        pod_spec["volumes"].append({"name": "data", "emptyDir": {}})
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -319,10 +369,14 @@ def redis_service(cs: ChatService) -> dict[str, Any]:
 
 
 def children(
-    cs: ChatService, redis_password: str | None = None, prometheus_url: str | None = None
+    cs: ChatService,
+    redis_password: str | None = None,
+    prometheus_url: str | None = None,
+    isolation: NetworkIsolation | None = NetworkIsolation(),
 ) -> list[dict[str, Any]]:
-    """Every child, in apply order: what pods need exists before the pods."""
-    built: list[dict[str, Any]] = []
+    """Every child the operator applies, in apply order: what pods need (and the policies
+    that guard them) exists before the pods. `isolation` None: no NetworkPolicies."""
+    built: list[dict[str, Any]] = network_policies(cs, isolation) if isolation else []
     if cs.spec.redis and cs.spec.redis.managed:
         if redis_password is None:
             raise ValueError("a managed Redis needs its password")

@@ -17,10 +17,14 @@ from rillet_operator.meta import MANAGER
 from rillet_operator.settings import OperatorSettings
 from rillet_operator.spec import GROUP, PLURAL, VERSION
 
+# Not Secrets: watching them needs list and watch on every Secret in the watched
+# namespaces, which the operator must not have. It reads the Secrets it needs by name
+# during a reconcile, and one of its Secrets deleted is made again by the next reconcile:
+# the periodic resync, or sooner any change to the ChatService or its other children.
 CHILD_KINDS = [
     ("v1", "configmaps"),
     ("v1", "services"),
-    ("v1", "secrets"),
+    ("networking.k8s.io/v1", "networkpolicies"),
     ("apps/v1", "deployments"),
     ("apps/v1", "statefulsets"),
     ("policy/v1", "poddisruptionbudgets"),
@@ -49,7 +53,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.posting.level = logging.INFO
     for _api_version, plural in CHILD_KINDS:
         # Filtered by the API server: the operator receives its own children, not every
-        # Secret and ConfigMap in the cluster.
+        # ConfigMap and Service in the cluster.
         settings.watching.label_selectors[plural] = SELECTOR
     # No CRD and namespace scanning: it needs cluster-wide list rights that a namespaced
     # install must not have. The ChatService API is found once, at startup, instead.

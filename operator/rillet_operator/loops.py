@@ -184,6 +184,7 @@ class Operator:
                 prometheus_url=self.prometheus.url if self.prometheus else None,
                 latency=self.reading((namespace, name)),
                 adapted=self.adapted.get((namespace, name)),
+                isolation=self.settings.isolation(),
             )
         except ApiError as exc:
             if not namespace_terminating(exc):

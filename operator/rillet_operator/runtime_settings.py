@@ -18,7 +18,9 @@ from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from rillet_operator.spec import (
+    AuthSpec,
     ChatServiceSpec,
+    LimitsSpec,
     ModelSpec,
     ProviderSpec,
     SecretKeyRef,
@@ -26,10 +28,14 @@ from rillet_operator.spec import (
 )
 from rillet_runtime.settings import (
     EXTRACTIVE_MODEL,
+    ApiKeysSettings,
+    AuthSettings,
     ChromaSettings,
     EmbeddedIndexSettings,
     EmbeddingSettings,
     HnswSettings,
+    JwtSettings,
+    LimitsSettings,
     ModelSettings,
     PineconeSettings,
     ProviderSettings,
@@ -52,6 +58,10 @@ METRICS_PORT = 9090  # gunicorn's master serves /metrics here, apart from the AP
 DRAIN_SECONDS = 5
 GRACE_MARGIN_SECONDS = 5  # between gunicorn's last word and the kubelet's SIGKILL
 REDIS_PORT = 6379  # the managed Redis: its container, its Service and the URL pods use
+# The API keys Secret, mounted whole (never by subPath, which the kubelet does not update),
+# so an edited key reaches the pods within the kubelet's sync period, without a restart.
+API_KEYS_DIR = "/var/run/rillet/api-keys"
+FIRST_KEY_PRINCIPAL = "default"  # the one principal of the Secret the operator creates
 FROM_ENV = SecretStr("from the pod's environment")  # placeholder; `secret_env` has the value
 
 
@@ -106,14 +116,18 @@ def runtime_settings(spec: ChatServiceSpec) -> Settings:
             api_key=_from_env(spec.embeddings.api_key_secret_ref),
         ),
         state=_state(spec),
+        auth=_auth(spec.auth),
+        limits=_limits(spec.limits),
     )
 
 
 def settings_file(settings: Settings) -> dict[str, Any]:
-    """What the ChatService decided, as the file's mapping: no defaults, no secrets."""
-    return settings.model_dump(
+    """What the ChatService decided, as the file's mapping: no defaults, no secrets, no
+    section left empty by them."""
+    dumped = settings.model_dump(
         mode="json", exclude_unset=True, exclude_none=True, exclude=_secrets(settings)
     )
+    return {name: value for name, value in dumped.items() if value != {}}
 
 
 def _secrets(model: BaseModel) -> dict[str, Any]:
@@ -185,6 +199,54 @@ def _index_location(index: VectorIndexSpec) -> dict[str, BaseModel]:
     if index.provider == "chroma" and (chroma := index.chroma):
         return {"chroma": ChromaSettings(url=chroma.url, collection=chroma.collection)}
     return {}  # the runtime's validator names the missing section
+
+
+def _auth(auth: AuthSpec) -> AuthSettings:
+    if auth.mode == "apiKeys":
+        return AuthSettings(mode="api_keys", api_keys=ApiKeysSettings(path=API_KEYS_DIR))
+    if auth.mode == "jwt" and (jwt := auth.jwt):
+        return AuthSettings(
+            mode="jwt",
+            jwt=JwtSettings(
+                issuer=jwt.issuer,
+                audience=jwt.audience,
+                jwks_url=jwt.jwks_url,
+                public_key=jwt.public_key,
+                algorithms=list(jwt.algorithms),
+                principal_claim=jwt.principal_claim,
+            ),
+        )
+    if auth.mode == "trustedHeader":
+        header = auth.trusted_header
+        return AuthSettings(
+            mode="trusted_header", **({"trusted_header": header.header} if header else {})
+        )
+    if auth.mode == "none":
+        # The pods listen on every address: the runtime refuses `none` there unless told
+        # that it is meant, and a ChatService that says `none` means it.
+        return AuthSettings(mode="none", allow_unauthenticated=True)
+    return AuthSettings(mode="jwt")  # jwt without its section: the runtime's validator names it
+
+
+def _limits(limits: LimitsSpec) -> LimitsSettings:
+    return LimitsSettings(
+        concurrent_streams=limits.concurrent_streams,
+        requests_per_minute=limits.requests_per_minute,
+        tokens_per_minute=limits.tokens_per_minute,
+    )
+
+
+def first_key_secret_name(name: str) -> str:
+    return f"{name}-api-keys"
+
+
+def api_keys_secret(name: str, spec: ChatServiceSpec) -> str | None:
+    """The Secret the pods read their API keys from: the one the spec names, else the one
+    the operator creates; None when the ChatService does not use API keys."""
+    if spec.auth.mode != "apiKeys":
+        return None
+    named = spec.auth.api_keys.secret_name if spec.auth.api_keys else None
+    return named or first_key_secret_name(name)
 
 
 def _state(spec: ChatServiceSpec) -> StateSettings:

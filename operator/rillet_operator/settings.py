@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rillet_operator.autoscaling import ADAPT_SECONDS
+from rillet_operator.network import DEFAULT_MONITORING_NAMESPACE, NetworkIsolation
 
 PROMETHEUS_URL_ENV = "RILLET_PROMETHEUS_URL"
 
@@ -44,6 +45,29 @@ class OperatorSettings(BaseSettings):
     adapt_seconds: float = Field(
         ADAPT_SECONDS, gt=0, description="move a ChatService's streams-per-pod target this often"
     )
+    network_policies: bool = Field(
+        True,
+        description="create NetworkPolicies for every ChatService; off only on clusters whose "
+        "network plugin does not enforce them (auth.mode trustedHeader is then refused)",
+    )
+    monitoring_namespace: str | None = Field(
+        DEFAULT_MONITORING_NAMESPACE,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="the namespace whose pods may scrape ChatService pods' metrics port; "
+        "empty: none may",
+    )
+
+    @field_validator("monitoring_namespace", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    def isolation(self) -> NetworkIsolation | None:
+        """What the builders need to write NetworkPolicies; None: they write none."""
+        if not self.network_policies:
+            return None
+        return NetworkIsolation(monitoring_namespace=self.monitoring_namespace)
 
     @field_validator("namespaces", mode="before")
     @classmethod

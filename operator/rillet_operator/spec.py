@@ -304,6 +304,144 @@ class AutoscalingSpec(Model):
     )
 
 
+DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Asymmetric only: a shared HMAC secret in the spec would be readable by anyone who can
+# read the ChatService.
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+
+
+class ApiKeysSpec(Model):
+    secret_name: str | None = Field(
+        None,
+        pattern=DNS_NAME,
+        max_length=253,
+        description="a Secret in the namespace: each key names a principal, its value is that "
+        "principal's API key; edits reach the pods without a restart. Unset: the operator "
+        "creates `<name>-api-keys` with one random key for the principal `default`",
+    )
+
+
+class JwtSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.jwksUrl) != has(self.publicKey)",
+                    "set exactly one of auth.jwt.jwksUrl and auth.jwt.publicKey",
+                )
+            ]
+        }
+    )
+
+    issuer: str = Field(min_length=1, max_length=2048, description="the required `iss`")
+    audience: str = Field(min_length=1, max_length=2048, description="the required `aud`")
+    jwks_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        max_length=2048,
+        description="signing keys by `kid`, cached, fetched again for an unknown kid",
+    )
+    public_key: str | None = Field(
+        None,
+        pattern=r"^-----BEGIN PUBLIC KEY-----",
+        max_length=16384,
+        description="a PEM public key, instead of jwksUrl",
+    )
+    algorithms: list[JwtAlgorithm] = Field(
+        ["RS256", "ES256", "EdDSA"],
+        min_length=1,
+        max_length=10,
+        description="accepted signature algorithms (asymmetric only)",
+    )
+    principal_claim: str = Field(
+        "sub", min_length=1, max_length=256, description="the claim naming the principal"
+    )
+
+
+class TrustedHeaderSpec(Model):
+    header: str = Field(
+        "X-Auth-Request-User",
+        pattern=r"^[A-Za-z0-9-]+$",
+        max_length=256,
+        description="the header the gateway in front sets to the caller's name",
+    )
+
+
+class AuthSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.mode != 'jwt' || has(self.jwt)", "auth.jwt is required for mode jwt")
+            ]
+        }
+    )
+
+    mode: Literal["apiKeys", "jwt", "trustedHeader", "none"] = Field(
+        "apiKeys",
+        description="who is calling: apiKeys (from a Secret), jwt, trustedHeader (a gateway "
+        "in front names the caller; needs network.allowFrom and the operator's "
+        "NetworkPolicies), or none (anyone who can reach the pods)",
+    )
+    api_keys: ApiKeysSpec | None = None
+    jwt: JwtSpec | None = None
+    trusted_header: TrustedHeaderSpec | None = None
+
+
+class LimitsSpec(Model):
+    """Per principal, shared by every pod through Redis (without Redis: per worker)."""
+
+    concurrent_streams: int | None = Field(None, ge=1, le=1_000_000, description="open at once")
+    requests_per_minute: int | None = Field(None, ge=1, le=100_000_000)
+    tokens_per_minute: int | None = Field(
+        None, ge=1, le=10_000_000_000, description="model tokens, prompt and completion"
+    )
+
+
+class LabelSelectorRequirement(Model):
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = Field(None, max_length=64)
+
+
+class LabelSelector(Model):
+    """A Kubernetes label selector; `{}` selects everything."""
+
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=16)
+
+
+class NetworkPeer(Model):
+    """A NetworkPolicy peer: pods matching podSelector in namespaces matching
+    namespaceSelector; podSelector alone: in the ChatService's namespace."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.namespaceSelector) || has(self.podSelector)",
+                    "set namespaceSelector, podSelector or both",
+                )
+            ]
+        }
+    )
+
+    namespace_selector: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+
+
+class NetworkSpec(Model):
+    allow_from: list[NetworkPeer] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="who may reach the chat API port, as NetworkPolicy peers; unset: every "
+        "pod in the ChatService's namespace. The operator's NetworkPolicies enforce it "
+        "(unless switched off for the cluster)",
+    )
+
+
 class ChatServiceSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -315,7 +453,12 @@ class ChatServiceSpec(Model):
                     "the image's built-in index holds offline embeddings: with another "
                     "embeddings provider, set vectorIndex.embedded.claimName to an index "
                     "built with it (`rillet ingest`)",
-                )
+                ),
+                cel(
+                    "self.auth.mode != 'trustedHeader' || has(self.network.allowFrom)",
+                    "auth.mode trustedHeader needs network.allowFrom naming the gateway in "
+                    "front: anyone else who reaches the pods could set the header",
+                ),
             ]
         }
     )
@@ -338,6 +481,9 @@ class ChatServiceSpec(Model):
     streaming: StreamingSpec = Field(default_factory=StreamingSpec)
     latency_targets: LatencyTargetsSpec = Field(default_factory=LatencyTargetsSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
 
 
 class Condition(Model):
@@ -366,6 +512,12 @@ class AutoscalingStatus(Model):
     )
 
 
+class AuthStatus(Model):
+    api_keys_secret: str | None = Field(
+        None, description="the Secret the pods read their API keys from"
+    )
+
+
 class ChatServiceStatus(Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(
@@ -378,6 +530,7 @@ class ChatServiceStatus(Model):
     endpoint: str | None = Field(None, description="the in-cluster URL of the chat API")
     observed_latency: ObservedLatency | None = None
     autoscaling: AutoscalingStatus | None = None
+    auth: AuthStatus | None = None
 
 
 def parse_spec(spec: dict[str, Any]) -> ChatServiceSpec:

@@ -3,11 +3,13 @@ what the operator last attempted)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from rillet_operator.autoscaling import STATUS_WINDOW, autoscaling_status
 from rillet_operator.meta import ChatService, selector_string
+from rillet_operator.runtime_settings import api_keys_secret
 
 Condition = dict[str, Any]
 
@@ -33,6 +35,51 @@ class Observed:
     missing_apis: tuple[str, ...] = ()  # children whose API the cluster does not serve
     prometheus_configured: bool = False
     latency: LatencyReading | None = None
+    # Objects named like children that the ChatService does not control ("Service demo").
+    conflicts: tuple[str, ...] = ()
+    network_policies: bool = True  # the operator creates NetworkPolicies (its settings)
+
+
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether `obj` names the object with `uid` as its controller (a controller owner
+    reference: what the operator puts on every child)."""
+    return any(
+        ref.get("controller") and ref.get("uid") == uid
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+def name_conflicts(cs: ChatService, existing: Iterable[dict[str, Any] | None]) -> tuple[str, ...]:
+    """`Kind name` of every existing object, read where a child goes, that the ChatService
+    does not control: applying over it would silently take someone else's object over."""
+    return tuple(
+        f"{obj['kind']} {obj['metadata']['name']}"
+        for obj in existing
+        if obj is not None and not controlled_by(obj, cs.uid)
+    )
+
+
+def held_back(cs: ChatService, observed: Observed) -> Condition | None:
+    """Why the operator must apply nothing at all for this ChatService, as its Degraded
+    condition; None when it may go ahead."""
+    if observed.conflicts:
+        return _condition(
+            "Degraded",
+            True,
+            "NameConflict",
+            ", ".join(observed.conflicts)
+            + " already exists and is not controlled by this ChatService: nothing is "
+            "applied until it is renamed or deleted",
+        )
+    if cs.spec.auth.mode == "trustedHeader" and not observed.network_policies:
+        return _condition(
+            "Degraded",
+            True,
+            "NetworkPoliciesDisabled",
+            "auth.mode trustedHeader trusts a header only the gateway may set, which needs "
+            "the operator's NetworkPolicies, and they are switched off: nothing is applied",
+        )
+    return None
 
 
 def _condition(kind: str, ok: bool | None, reason: str, message: str = "") -> Condition:
@@ -64,6 +111,7 @@ def rollout(deployment: dict[str, Any] | None) -> tuple[bool, str]:
 
 
 def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
+    held = held_back(cs, observed)
     deployment = observed.deployment
     complete, progress = rollout(deployment)
     available = (
@@ -97,7 +145,9 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
             )
         )
 
-    if not redis_ok:
+    if held:
+        ready = _condition("Ready", False, held["reason"], held["message"])
+    elif not redis_ok:
         ready = _condition("Ready", False, "RedisNotReady", "waiting for the managed Redis")
     elif not available:
         ready = _condition("Ready", False, "DeploymentUnavailable", progress)
@@ -112,7 +162,9 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
         )
     )
 
-    if stuck.get("reason") == "ProgressDeadlineExceeded":
+    if held:
+        degraded = held
+    elif stuck.get("reason") == "ProgressDeadlineExceeded":
         degraded = _condition(
             "Degraded", True, "ProgressDeadlineExceeded", stuck.get("message", "")
         )
@@ -217,4 +269,11 @@ def compute_status(
         "endpoint": cs.endpoint,
         "observedLatency": observed_latency(observed),
         "autoscaling": autoscaling_status(cs),
+        "auth": auth_status(cs),
     }
+
+
+def auth_status(cs: ChatService) -> dict[str, Any] | None:
+    """The Secret the pods read their API keys from; its name only, never a key."""
+    secret = api_keys_secret(cs.name, cs.spec)
+    return {"apiKeysSecret": secret} if secret else None

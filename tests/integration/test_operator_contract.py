@@ -3,10 +3,11 @@ what the operator renders (the ConfigMap's settings file and the Deployment's co
 env, Secret references resolved and `$(VAR)` expanded as the kubelet does) and serves.
 
 Only what a pod's surroundings supply is swapped: the listen port and scratch paths, the
-image's built-in index (built here by `rillet ingest docs`, as the Dockerfile does), and
-name resolution (the managed Redis Service name reaches a local redis-server started with
-the generated password; OpenAI's API is a local server speaking its wire protocol,
-`rillet fake-llm`, driven by the real `openai` SDK inside the runtime)."""
+image's built-in index (built here by `rillet ingest docs`, as the Dockerfile does), the
+API keys Secret's mount (a folder of the operator's first-key Secret, as the kubelet writes
+it), and name resolution (the managed Redis Service name reaches a local redis-server that
+includes the config file from the generated Secret; OpenAI's API is a local server speaking
+its wire protocol, `rillet fake-llm`, driven by the real `openai` SDK inside the runtime)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 import yaml
 from httpx_sse import connect_sse
@@ -31,6 +33,7 @@ from tests.support.servers import fake_llm_process, rillet_process
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLES = DOCS / "examples"
+API_KEY = "first-key-from-the-operator"
 
 
 def load(example: str) -> ChatService:
@@ -53,10 +56,19 @@ def pod_env(cs: ChatService, secrets: dict[tuple[str, str], str]) -> dict[str, s
     return env
 
 
+def mount_secret(folder: Path, secret: dict[str, Any]) -> Path:
+    """A Secret volume as the kubelet writes it: one file per key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, value in secret["stringData"].items():
+        (folder / key).write_text(value)
+    return folder
+
+
 def boot(
     cs: ChatService, tmp_path: Path, env: dict[str, str], settings: dict[str, Any] | None = None
 ) -> Any:
     """`rillet serve` on the rendered settings (or `settings`, an edited copy of them)."""
+    api_keys = mount_secret(tmp_path / "api-keys", builders.first_key_secret(cs, API_KEY))
     settings_file = tmp_path / "settings.yaml"
     rendered = builders.config_map(cs)["data"]["settings.yaml"]
     settings_file.write_text(yaml.safe_dump(settings) if settings else rendered)
@@ -72,13 +84,14 @@ def boot(
         "RILLET_SERVER__METRICS_DIR": str(tmp_path / "metrics"),
         "RILLET_SERVER__METRICS_PORT": str(free_port()),  # the rendered file's, in a pod
         "RILLET_SERVER__DRAIN_FILE": str(tmp_path / "draining"),
+        "RILLET_AUTH__API_KEYS__PATH": str(api_keys),  # the Secret's mount point, here
     }
     return rillet_process(["serve"], env, tmp_path / "rillet.log", "/readyz", port)
 
 
 def stream(url: str, message: str = "hello") -> list[tuple[str, dict[str, Any]]]:
     with (
-        httpx.Client(timeout=30) as client,
+        httpx.Client(timeout=30, headers={"authorization": f"Bearer {API_KEY}"}) as client,
         connect_sse(client, "POST", f"{url}/v1/chat/stream", json={"message": message}) as events,
     ):
         return [(sse.event, json.loads(sse.data)) for sse in events.iter_sse()]
@@ -90,8 +103,10 @@ def test_the_demo_example_boots_and_answers(tmp_path: Path) -> None:
     assert set(env) == {"RILLET_SETTINGS_FILE"}
     with boot(cs, tmp_path, {}) as server:
         events = stream(server.url)
+        refused = httpx.post(f"{server.url}/v1/chat", json={"message": "hello"}, timeout=30)
     assert events[-1][0] == "done"
     assert any(name == "token" for name, _ in events)
+    assert refused.status_code == 401  # the operator's default: API keys
 
 
 def test_the_managed_redis_example_boots_with_its_secrets_and_saves_state(
@@ -104,7 +119,9 @@ def test_the_managed_redis_example_boots_with_its_secrets_and_saves_state(
     env = pod_env(cs, secrets)
     assert env["RILLET_MODEL__API_KEY"] == "sk-test"
 
-    redis_server = RedisServer(tmp_path / "redis", "--requirepass", password)
+    # redis-server as the StatefulSet starts it: the password from the Secret's config file.
+    redis_secret = mount_secret(tmp_path / "redis-auth", builders.redis_secret(cs, password))
+    redis_server = RedisServer(tmp_path / "redis", "--include", str(redis_secret / "auth.conf"))
     redis_server.start()
     try:
         service = "support-chat-redis:6379"
@@ -120,6 +137,8 @@ def test_the_managed_redis_example_boots_with_its_secrets_and_saves_state(
         assert events[-1][1]["state_saved"] is True
         client = redis.Redis(port=redis_server.port, password=password)
         assert client.dbsize() > 0
+        with pytest.raises(redis.AuthenticationError):  # the included file set the password
+            redis.Redis(port=redis_server.port).ping()
         assert "sk-test" not in builders.config_map(cs)["data"]["settings.yaml"]
     finally:
         redis_server.kill()
