@@ -17,7 +17,7 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server control-plane run cluster operator constraints manifests test test-unit \
-	test-integration test-e2e test-lower-bounds lint format bench bench-autoscaling bench-operator bench-vectors \
+	test-integration test-e2e test-lower-bounds lint format bench bench-auth bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
 help: ## list the targets
@@ -155,12 +155,17 @@ bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every ben
 	$(PY) -m bench.checkpoint --out bench-results
 	$(PY) -m testcluster.bench --out bench-results
 	$(PY) -m bench.autoscaling --measure --out bench-results
+	$(PY) -m bench.auth --out bench-results
+
+bench-auth: venv redis-server ## what authentication and per-principal limits add per stream (none vs API keys vs JWT)
+	$(PY) -m bench.auth --out bench-results --rounds 8
 
 bench-operator: venv control-plane ## apply-to-Ready and operator memory on the test control plane
 	$(PY) -m testcluster.bench --out bench-results
 
 bench-autoscaling: venv ## measure one pod's curve, then simulate a day against each autoscaling policy
 	$(PY) -m bench.autoscaling --measure --out bench-results
+	$(PY) -m bench.auth --out bench-results
 
 clean: ## remove caches in the checkout (the venv cache stays)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -66,6 +66,7 @@ class Server:
     api: loadgen.Api
     model: str
     proc: subprocess.Popen[bytes]
+    api_key: str | None = None
 
     def tree(self) -> list[psutil.Process]:
         parent = psutil.Process(self.proc.pid)
@@ -108,7 +109,9 @@ def started(
 async def wave(server: Server, concurrency: int, answer_tokens: int) -> dict[str, Any]:
     plan = loadgen.LoadPlan(concurrency, requests=concurrency, timeout_seconds=120)
     cpu_before, wall_before = server.cpu_seconds(), time.perf_counter()
-    results = await loadgen.run_load(server.url, server.api, plan, [QUESTION], server.model)
+    results = await loadgen.run_load(
+        server.url, server.api, plan, [QUESTION], server.model, api_key=server.api_key
+    )
     wall = time.perf_counter() - wall_before
     cpu = server.cpu_seconds() - cpu_before
     summary = loadgen.summarize(results, wall)

@@ -360,6 +360,10 @@ def bench(
         str, typer.Option(help="model (openai) or assistant id (langgraph)")
     ] = "default",
     timeout: Annotated[float, typer.Option(help="seconds one stream may take")] = 300,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="RILLET_API_KEY", help="sent as `Authorization: Bearer`"),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
     calibrate: Annotated[
@@ -418,7 +422,7 @@ def bench(
 
         async def run_step(streams: int) -> list[loadgen.StreamResult]:
             step = loadgen.LoadPlan(streams, 1.0, step_seconds, None, timeout)
-            return (await _bench(url, loadgen.APIS[api], step, lines, model))[0]
+            return (await _bench(url, loadgen.APIS[api], step, lines, model, api_key))[0]
 
         def on_step(step: calibration.Step) -> None:
             typer.echo(calibration.describe(step, targets))
@@ -439,7 +443,7 @@ def bench(
         )
         return
 
-    results = asyncio.run(_bench(url, loadgen.APIS[api], plan, lines, model))
+    results = asyncio.run(_bench(url, loadgen.APIS[api], plan, lines, model, api_key))
     summary = loadgen.summarize(*results)
     typer.echo(loadgen.table(summary))
     if out is not None:
@@ -450,7 +454,12 @@ def bench(
 
 
 async def _bench(
-    url: str, api: loadgen.Api, plan: loadgen.LoadPlan, prompts: list[str], model: str
+    url: str,
+    api: loadgen.Api,
+    plan: loadgen.LoadPlan,
+    prompts: list[str],
+    model: str,
+    api_key: str | None,
 ) -> tuple[list[loadgen.StreamResult], float]:
     """The load, with a live status line on a terminal."""
     import asyncio
@@ -462,7 +471,7 @@ async def _bench(
 
     progress = loadgen.Progress()
     started = time.perf_counter()
-    task = asyncio.create_task(loadgen.run_load(url, api, plan, prompts, model, progress))
+    task = asyncio.create_task(loadgen.run_load(url, api, plan, prompts, model, progress, api_key))
     console = Console(stderr=True)
     with Live(console=console, transient=True, auto_refresh=False) as live:
         while not task.done():

@@ -175,13 +175,19 @@ class _Body:
 
 
 async def one_stream(
-    endpoint: Endpoint, api: Api, prompt: str, model: str, limit_seconds: float
+    endpoint: Endpoint,
+    api: Api,
+    prompt: str,
+    model: str,
+    limit_seconds: float,
+    api_key: str | None = None,
 ) -> StreamResult:
     result = StreamResult(started=time.perf_counter())
     body = json.dumps(api.request(prompt, model)).encode()
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
     request = (
         f"POST {endpoint.base_path}{api.path} HTTP/1.1\r\nHost: {endpoint.host}\r\n"
-        "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+        f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
     writer: asyncio.StreamWriter | None = None
@@ -269,6 +275,7 @@ async def run_load(
     prompts: Sequence[str],
     model: str = "default",
     progress: Progress | None = None,
+    api_key: str | None = None,
 ) -> list[StreamResult]:
     endpoint = Endpoint.parse(url)
     progress = progress or Progress()
@@ -293,7 +300,7 @@ async def run_load(
             progress.started += 1
             progress.open += 1
             prompt = prompts[rng.randrange(len(prompts))]
-            result = await one_stream(endpoint, api, prompt, model, plan.timeout_seconds)
+            result = await one_stream(endpoint, api, prompt, model, plan.timeout_seconds, api_key)
             progress.open -= 1
             progress.finished += 1
             progress.tokens += result.tokens

@@ -1,0 +1,185 @@
+"""What authentication and per-principal limits cost a stream, side by side in one run.
+
+Three `rillet serve` processes (one worker each, the built-in graph, one redis-server, the
+fake model at 200 ms to the first token and 20 ms between tokens):
+
+- none: `auth.mode: none`, no limits: the baseline;
+- api_keys: API keys from a folder, limits on (streams, requests and tokens per minute, all
+  far above the load, so every admission runs the Lua script and every end charges tokens);
+- jwt: RS256 JWTs checked against a public key, the same limits.
+
+Rounds alternate the order; each round sends one wave of `--streams` streams (one per
+client, all at once) to each server. Reported per server: TTFT p50/p99 and inter-token p99
+(medians over the rounds), what each adds to `none`'s, and server CPU seconds per 1,000
+model tokens with its ratio to `none`'s.
+
+    python -m bench.auth --out bench-results [--streams 50 --rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bench.streaming import Server, started, wave
+from rillet_runtime import loadgen
+from tests.support.keys import api_key_settings, write_api_keys
+from tests.support.processes import RedisServer, free_port
+
+TTFT_MS, TOKEN_DELAY_MS, ANSWER_TOKENS = 200, 20, 50
+LIMITS = {
+    "RILLET_LIMITS__CONCURRENT_STREAMS": "100000",
+    "RILLET_LIMITS__REQUESTS_PER_MINUTE": "1000000",
+    "RILLET_LIMITS__TOKENS_PER_MINUTE": "1000000000",
+}
+
+
+def _rsa_pair() -> tuple[rsa.RSAPrivateKey, str]:
+    key = rsa.generate_private_key(65537, 2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, public.decode()
+
+
+def _env(port: int, workdir: Path, redis_url: str, fake_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "RILLET_SERVER__PORT": str(port),
+        "RILLET_SERVER__WORKERS": "1",
+        "RILLET_SERVER__METRICS_PORT": str(free_port()),
+        "RILLET_SERVER__METRICS_DIR": str(workdir / f"metrics-{port}"),
+        "RILLET_MODEL__PROVIDER": "openai",
+        "RILLET_MODEL__NAME": "fake",
+        "RILLET_MODEL__BASE_URL": f"{fake_url}/v1",
+        "RILLET_STATE__CHECKPOINTER": "redis",
+        "RILLET_STATE__REDIS_URL": redis_url,
+        **extra,
+    }
+
+
+def _median(rows: list[dict[str, Any]], *path: str) -> float | None:
+    values = []
+    for row in rows:
+        value: Any = row
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int | float):
+            values.append(float(value))
+    return statistics.median(values) if values else None
+
+
+def summarize(waves: list[dict[str, Any]]) -> dict[str, Any]:
+    by_server: dict[str, list[dict[str, Any]]] = {}
+    for row in waves:
+        by_server.setdefault(row["server"], []).append(row)
+    table: dict[str, dict[str, Any]] = {}
+    for name, rows in by_server.items():
+        table[name] = {
+            "ok": sum(r["ok"] for r in rows),
+            "streams": sum(r["concurrency"] for r in rows),
+            "ttft_p50_ms": _median(rows, "ttft_ms", "p50"),
+            "ttft_p99_ms": _median(rows, "ttft_ms", "p99"),
+            "inter_token_p99_ms": _median(rows, "inter_token_ms", "p99"),
+            "cpu_seconds_per_1000_tokens": _median(rows, "cpu_seconds_per_1000_tokens"),
+        }
+    base = table["none"]
+    for row in table.values():
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "inter_token_p99_ms"):
+            if row[key] is not None and base[key] is not None:
+                row[f"added_{key}"] = round(row[key] - base[key], 2)
+        if row["cpu_seconds_per_1000_tokens"] and base["cpu_seconds_per_1000_tokens"]:
+            row["cpu_ratio"] = round(
+                row["cpu_seconds_per_1000_tokens"] / base["cpu_seconds_per_1000_tokens"], 3
+            )
+    return table
+
+
+async def run(servers: list[Server], streams: int, rounds: int) -> list[dict[str, Any]]:
+    waves = []
+    for round_index in range(rounds):
+        order = servers[round_index % len(servers) :] + servers[: round_index % len(servers)]
+        for server in order:
+            row = await wave(server, streams, ANSWER_TOKENS)
+            waves.append({**row, "round": round_index})
+            print(
+                f"round {round_index} {server.name:9} ok {row['ok']}/{streams} "
+                f"ttft p99 {row['ttft_ms']['p99']} ms cpu/1k "
+                f"{row['cpu_seconds_per_1000_tokens']:.3f} s",
+                flush=True,
+            )
+    return waves
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="rillet-bench-auth-"))
+    private_key, public_pem = _rsa_pair()
+    token = jwt.encode(
+        {"sub": "bench", "aud": "bench", "exp": int(time.time()) + 3600},
+        private_key,
+        algorithm="RS256",
+    )
+    keys = write_api_keys(workdir / "keys", {"bench": "bench-key-0123456789"})
+    redis = RedisServer(workdir / "redis")
+    redis.start()
+    fake_port = free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    modes: dict[str, tuple[dict[str, str], str | None]] = {
+        "none": ({}, None),
+        "api_keys": (
+            {f"RILLET_{k.upper()}": v for k, v in api_key_settings(keys).items()} | LIMITS,
+            "bench-key-0123456789",
+        ),
+        "jwt": (
+            {
+                "RILLET_AUTH__MODE": "jwt",
+                "RILLET_AUTH__JWT__AUDIENCE": "bench",
+                "RILLET_AUTH__JWT__PUBLIC_KEY": public_pem,
+            }
+            | LIMITS,
+            token,
+        ),
+    }
+    try:
+        with ExitStack() as stack:
+            fake = [
+                "rillet", "fake-llm", "--port", str(fake_port), "--ttft-ms", str(TTFT_MS),
+                "--token-delay-ms", str(TOKEN_DELAY_MS), "--answer-tokens", str(ANSWER_TOKENS),
+            ]  # fmt: skip
+            stack.enter_context(started(fake, {}, f"{fake_url}/_fake/stats", workdir / "fake.log"))
+            servers = []
+            for name, (extra, api_key) in modes.items():
+                port = free_port()
+                env = _env(port, workdir, redis.url, fake_url, **extra)
+                url = f"http://127.0.0.1:{port}"
+                log = workdir / f"{name}.log"
+                proc = stack.enter_context(started(["rillet", "serve"], env, f"{url}/readyz", log))
+                servers.append(Server(name, url, loadgen.APIS["rillet"], "rillet", proc, api_key))
+            waves = asyncio.run(run(servers, args.streams, args.rounds))
+    finally:
+        redis.kill()
+    result = {"streams": args.streams, "rounds": args.rounds, "waves": waves}
+    result["summary"] = summarize(waves)
+    (args.out / "auth.json").write_text(json.dumps(result, indent=2))
+    for name, row in result["summary"].items():
+        print(name, json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
