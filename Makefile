@@ -155,7 +155,7 @@ bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every ben
 	$(PY) -m bench.checkpoint --out bench-results
 	$(PY) -m testcluster.bench --out bench-results
 	$(PY) -m bench.autoscaling --measure --out bench-results
-	$(PY) -m bench.auth --out bench-results
+	$(PY) -m bench.auth --out bench-results --rounds 8
 
 bench-auth: venv redis-server ## what authentication and per-principal limits add per stream (none vs API keys vs JWT)
 	$(PY) -m bench.auth --out bench-results --rounds 8
@@ -165,7 +165,6 @@ bench-operator: venv control-plane ## apply-to-Ready and operator memory on the 
 
 bench-autoscaling: venv ## measure one pod's curve, then simulate a day against each autoscaling policy
 	$(PY) -m bench.autoscaling --measure --out bench-results
-	$(PY) -m bench.auth --out bench-results
 
 clean: ## remove caches in the checkout (the venv cache stays)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache bench-results
