@@ -19,11 +19,13 @@ from rillet_runtime.api import chat, docs, openai_compat, ops, runs
 from rillet_runtime.api.errors import (
     BodyLimitMiddleware,
     http_exception_handler,
+    state_corrupt_handler,
     unhandled_exception_handler,
     validation_exception_handler,
 )
 from rillet_runtime.app_state import LifespanState, Runtime
 from rillet_runtime.auth import open_authenticator
+from rillet_runtime.events import CheckpointCorrupt
 from rillet_runtime.graph import GraphDeps, load_graph
 from rillet_runtime.llm import build_chat_model
 from rillet_runtime.metrics import STREAM_CAPACITY
@@ -92,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.admission = admission
     app.add_exception_handler(RequestValidationError, validation_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(CheckpointCorrupt, state_corrupt_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unhandled_exception_handler)
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # never touches text/event-stream
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)

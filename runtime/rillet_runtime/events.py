@@ -1,5 +1,6 @@
-"""What a run produces and what it notes while running: its events, and the state saves
-that failed. Shared by the streaming core and the state store, so neither imports the other."""
+"""What a run produces and what it notes while running: its events, the state saves that
+failed, and stored state that cannot be read back. Shared by the streaming core, the API and
+the state store, so none of them imports another."""
 
 from __future__ import annotations
 
@@ -40,3 +41,30 @@ def save_failed(exc: BaseException) -> None:
     if failures is None:
         raise exc
     failures.append(exc)
+
+
+class CheckpointCorrupt(Exception):
+    """A stored checkpoint cannot be read back as it was written: a value it references is
+    missing, or its bytes do not decode (a payload the serializer refuses, such as pickle).
+    Raised, never read as empty: an empty read would silently drop the thread's history,
+    and the next save would make the loss permanent."""
+
+    def __init__(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        part: str,
+        reason: str,
+        channel: str | None = None,
+    ) -> None:
+        namespace = f" (namespace {checkpoint_ns!r})" if checkpoint_ns else ""
+        super().__init__(
+            f"thread {thread_id!r}, checkpoint {checkpoint_id}{namespace}: {part} {reason}"
+        )
+        self.thread_id = thread_id
+        self.checkpoint_ns = checkpoint_ns
+        self.checkpoint_id = checkpoint_id
+        self.part = part  # "the checkpoint", "its metadata", "channel 'messages'", ...
+        self.reason = reason
+        self.channel = channel  # the channel whose value it is, when it is one

@@ -1,10 +1,14 @@
 """RedisCheckpointSaver against a real redis-server: LangGraph's checkpointer behaviours
-through the async and the sync API, the key layout, compression, TTLs and crash safety."""
+through the async and the sync API, the key layout, compression, TTLs and crash safety;
+loads that refuse to run code, and values gone missing that are errors, not empty state."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import operator
+import os
+import pickle
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,18 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+import httpx
+import ormsgpack
 import pytest
 import redis
+from httpx_sse import connect_sse
 from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.checkpoint.serde.event_hooks import SerdeEvent, register_serde_event_listener
+from langgraph.checkpoint.serde.jsonplus import EXT_CONSTRUCTOR_SINGLE_ARG, JsonPlusSerializer
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
 from redis.crc import key_slot
 
 from bench.checkpoint import history_graph
-from rillet_runtime.settings import StateSettings
+from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
+from rillet_runtime.llm import build_chat_model
+from rillet_runtime.retrieval import open_retriever
+from rillet_runtime.settings import Settings, StateSettings
 from rillet_runtime.state import serializer
-from rillet_runtime.state.checkpoint import RedisCheckpointSaver
+from rillet_runtime.state.checkpoint import CheckpointCorrupt, RedisCheckpointSaver
+from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import RedisServer
+from tests.support.servers import rillet_server
 
 API = pytest.mark.parametrize("api", ["async", "sync"])
 
@@ -359,17 +373,21 @@ class Order:
     quantity: int
 
 
-@pytest.mark.parametrize("allowed", [True, False])
+@pytest.mark.parametrize(
+    ("listed", "allowed"),
+    [([f"{__name__}.Order"], True), (["decimal.Decimal"], False), ([], False)],
+    ids=["listed", "others-listed", "nothing-listed"],
+)
 async def test_the_serializer_allowlist_decides_which_types_come_back(
-    redis_server: RedisServer, allowed: bool
+    redis_server: RedisServer, listed: list[str], allowed: bool
 ) -> None:
-    listed = f"{__name__}.Order" if allowed else "decimal.Decimal"
-    settings = StateSettings(serde_allowed_types=[listed])
+    """Strict by default: a type is constructed on load only when it is listed."""
+    settings = StateSettings(serde_allowed_types=listed)
     async with RedisCheckpointSaver.connect(redis_server.url, serde=serializer(settings)) as saver:
-        config = {"configurable": {"thread_id": f"allowlist-{allowed}"}}
+        config = {"configurable": {"thread_id": f"allowlist-{len(listed)}-{allowed}"}}
         await order_graph(saver).ainvoke({"order": Order("tea", 2)}, config)
         revived = (await saver.aget_tuple(config)).checkpoint["channel_values"]["order"]
-    assert isinstance(revived, Order) is allowed
+    assert revived == (Order("tea", 2) if allowed else {"sku": "tea", "quantity": 2})
 
 
 def order_graph(saver: RedisCheckpointSaver) -> Any:
@@ -421,3 +439,166 @@ async def test_a_busy_pool_makes_commands_wait_instead_of_failing(
         ]
     finally:
         await saver.aclose()
+
+
+class _PickledCall:
+    """Pickles as a call of `os.system`: what a pickle payload written into Redis would run."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.system, (self.command,)
+
+
+def crafted_blob(kind: str, command: str) -> bytes:
+    """A stored value (the saver's framing: kind, NUL, raw marker, bytes) that calls
+    `os.system(command)` when the serializer revives what it names."""
+    if kind == "msgpack":  # LangGraph's "construct this type from one argument" extension
+        call = ormsgpack.packb(("os", "system", command))
+        data = ormsgpack.packb(ormsgpack.Ext(EXT_CONSTRUCTOR_SINGLE_ARG, call))
+    else:
+        data = pickle.dumps(_PickledCall(command))
+    return kind.encode() + b"\0r" + data
+
+
+async def thread_with_blobs(saver: RedisCheckpointSaver, thread: str) -> dict[str, Any]:
+    config = {"configurable": {"thread_id": thread}}
+    await echo_graph(saver).ainvoke({"messages": [HumanMessage(content="hello")]}, config)
+    return config
+
+
+def overwrite_channel(url: str, thread: str, channel: str, value: bytes | None) -> int:
+    """Every stored version of `channel` replaced by `value` (None: deleted), as someone
+    with access to Redis could; the count of fields touched."""
+    raw = redis.Redis.from_url(url)
+    (blobs,) = raw.keys(f"rillet:cp:{{*{thread}}}::blobs")
+    fields = [f for f in raw.hkeys(blobs) if f.startswith(channel.encode() + b"\0")]
+    for field in fields:
+        if value is None:
+            raw.hdel(blobs, field)
+        else:
+            raw.hset(blobs, field, value)
+    return len(fields)
+
+
+@pytest.mark.parametrize("kind", ["msgpack", "pickle"])
+async def test_a_crafted_blob_cannot_call_code_on_load(
+    saver: RedisCheckpointSaver, redis_server: RedisServer, tmp_path: Path, kind: str
+) -> None:
+    """A blob written straight into Redis that names `os.system`: the default (strict) saver
+    loads a msgpack one as inert data and refuses a pickle; nothing runs. A permissive
+    serializer on the same bytes does run it, so the blob is a real exploit."""
+    marker = tmp_path / "ran"
+    thread = f"crafted-{kind}"
+    config = await thread_with_blobs(saver, thread)
+    blob = crafted_blob(kind, f"touch {marker}")
+    assert overwrite_channel(redis_server.url, thread, "messages", blob)
+
+    if kind == "msgpack":
+        loaded = await saver.aget_tuple(config)
+        assert loaded.checkpoint["channel_values"]["messages"] == f"touch {marker}"
+    else:
+        with pytest.raises(CheckpointCorrupt, match="channel 'messages' cannot be read"):
+            await saver.aget_tuple(config)
+    assert not marker.exists()
+
+    permissive = JsonPlusSerializer(allowed_msgpack_modules=True, pickle_fallback=True)
+    async with RedisCheckpointSaver.connect(redis_server.url, serde=permissive) as unsafe:
+        await unsafe.aget_tuple(config)
+    assert marker.exists()
+
+
+@API
+async def test_a_missing_value_is_an_error_never_an_empty_thread(
+    api: str, saver: RedisCheckpointSaver, redis_server: RedisServer
+) -> None:
+    thread = f"missing-{api}"
+    config = await thread_with_blobs(saver, thread)
+    assert overwrite_channel(redis_server.url, thread, "messages", None)
+    with pytest.raises(CheckpointCorrupt) as raised:
+        await call(api, saver, "get_tuple", config)
+    assert (raised.value.thread_id, raised.value.channel) == (thread, "messages")
+    assert "channel 'messages' is missing" in str(raised.value)
+    with pytest.raises(CheckpointCorrupt):
+        await history(api, echo_graph(saver), config)
+
+    # The checkpoint's own record gone while its id is still indexed: the same.
+    raw = redis.Redis.from_url(redis_server.url)
+    (cps,) = raw.keys(f"rillet:cp:{{{thread}}}::cps")
+    latest = raw.zrange(f"rillet:cp:{{{thread}}}::idx", -1, -1)[0]
+    raw.hdel(cps, latest)
+    with pytest.raises(CheckpointCorrupt, match="the checkpoint is missing"):
+        await call(api, saver, "get_tuple", config)
+
+
+async def test_the_built_in_graph_needs_no_type_outside_the_allowlist(
+    saver: RedisCheckpointSaver,
+) -> None:
+    """Turns enough to trim the window (RemoveMessage): every value the built-in chat graph
+    stores comes back as itself under the strict serializer, nothing blocked."""
+    events: list[SerdeEvent] = []
+    unregister = register_serde_event_listener(events.append)
+    settings = Settings()
+    try:
+        async with (
+            httpx.AsyncClient() as http,
+            open_retriever(settings) as retriever,
+        ):
+            deps = GraphDeps(
+                model=build_chat_model(settings.model, http),
+                model_name=settings.model.name,
+                retriever=retriever,
+                response_cache=None,
+                k=settings.retrieval.k,
+                score_threshold=settings.retrieval.score_threshold,
+                history_window=4,
+            )
+            graph = build_rag_graph(deps, saver)
+            config = {"configurable": {"thread_id": "built-in"}}
+            for question in ("How do I install Rillet?", "hello", "How does it scale?"):
+                await graph.ainvoke({"messages": [HumanMessage(content=question)]}, config)
+            state = await graph.aget_state(config)
+            snapshots = [s async for s in graph.aget_state_history(config)]
+    finally:
+        unregister()
+    assert events == []  # neither blocked nor let through unlisted
+    messages = state.values["messages"]
+    assert len(messages) == 4
+    assert all(isinstance(m, HumanMessage | AIMessage) for m in messages)
+    assert all(isinstance(s["id"], str) for s in state.values["sources"])
+    assert len(snapshots) > 6
+
+
+def test_rillet_serve_answers_a_corrupt_thread_with_state_corrupt(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Through the API: reading, continuing and streaming a thread whose blob is gone give
+    500 `state_corrupt` (an `error` event on a stream), no stack trace; the log names it."""
+    keys = write_api_keys(tmp_path / "keys", {"alice": "key-alice-0123456789"})
+    headers = {"Authorization": "Bearer key-alice-0123456789"}
+    settings = {
+        "state__checkpointer": "redis",
+        "state__redis_url": redis_server.url,
+        **api_key_settings(keys),
+    }
+    with (
+        rillet_server(tmp_path, workers=1, **settings) as server,
+        httpx.Client(base_url=server.url, headers=headers, timeout=30) as client,
+    ):
+        body = {"message": "How do I install Rillet?", "thread_id": "to-corrupt"}
+        assert client.post("/v1/chat", json=body).status_code == 200
+        assert overwrite_channel(redis_server.url, "to-corrupt", "messages", None)
+
+        for response in (
+            client.get("/v1/threads/to-corrupt"),
+            client.post("/v1/chat", json=body),
+        ):
+            assert response.status_code == 500
+            assert response.json()["error"]["code"] == "state_corrupt"
+            assert "Traceback" not in response.text
+        with connect_sse(client, "POST", "/v1/chat/stream", json=body) as source:
+            events = [(sse.event, json.loads(sse.data)) for sse in source.iter_sse()]
+        assert events[-1][0] == "error"
+        assert events[-1][1]["code"] == "state_corrupt"
+    assert "channel 'messages' is missing" in server.log.read_text()

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rillet_runtime.events import CheckpointCorrupt
+from rillet_runtime.llm.errors import classify_error
+
 log = logging.getLogger(__name__)
 
 _CODE_BY_STATUS = {
@@ -68,7 +71,7 @@ _DESCRIPTIONS = {
     415: "the body is not JSON",
     422: "a field is invalid (named in param)",
     429: "a per-principal limit (with Retry-After, RateLimit and RateLimit-Policy)",
-    500: "internal error",
+    500: "internal error, or the thread's stored state is damaged (state_corrupt)",
     502: "the model provider refused the request",
     503: "over capacity, draining, or the state store is unavailable (with Retry-After)",
     504: "the model provider or the stream timed out",
@@ -129,6 +132,13 @@ async def http_exception_handler(request: Request, exc: StarletteHTTPException) 
         getattr(exc, "param", None),
         dict(exc.headers or {}) or None,
     )
+
+
+async def state_corrupt_handler(request: Request, exc: CheckpointCorrupt) -> JSONResponse:
+    """500 `state_corrupt`: which checkpoint and value go to the log, not to the client."""
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    info = classify_error(exc)
+    return error_response(500, info.code, info.message)
 
 
 async def unhandled_exception_handler(request: Request, exc: Exception) -> JSONResponse:

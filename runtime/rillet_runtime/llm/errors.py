@@ -1,9 +1,12 @@
-"""Provider failures as stable error codes for the `error` SSE event."""
+"""Run failures (the provider's, the state store's) as stable error codes for the `error`
+SSE event and the API's error bodies."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+
+from rillet_runtime.events import CheckpointCorrupt
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -32,6 +35,10 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     status = _status_code(exc)
     if isinstance(exc, RunCancelled):
         return ErrorInfo("run_cancelled", "the run was cancelled", False)
+    if isinstance(exc, CheckpointCorrupt):
+        return ErrorInfo(
+            "state_corrupt", "the thread's stored state is damaged and cannot be read", False
+        )
     if type(exc).__module__.startswith("redis"):
         return ErrorInfo("state_unavailable", "the thread state store is unavailable", True)
     if isinstance(exc, ProviderUnavailableError) or name == "OpenedState":

@@ -32,7 +32,7 @@ from rillet_runtime.state.caches import (
     ResponseCache,
     response_cache_key,
 )
-from rillet_runtime.state.checkpoint import RedisCheckpointSaver
+from rillet_runtime.state.checkpoint import RedisCheckpointSaver, strict_serializer
 from rillet_runtime.state.limits import Limiter, MemoryLimiter, RedisLimiter
 from rillet_runtime.state.run_log import RunLog
 from rillet_runtime.state.runs import LEASE_MS, MemoryRunRegistry, RedisRunRegistry, RunRegistry
@@ -84,11 +84,9 @@ class StateBackends:
 
 
 def serializer(settings: StateSettings) -> JsonPlusSerializer:
-    """LangGraph's own serializer; an allowlist makes it refuse to revive any other type."""
-    if not settings.serde_allowed_types:
-        return JsonPlusSerializer()
-    allowed = [tuple(name.rsplit(".", 1)) for name in settings.serde_allowed_types]
-    return JsonPlusSerializer(allowed_msgpack_modules=allowed)
+    """Strict: LangGraph's safe types, the chat state's and `serde_allowed_types` (a user
+    graph's own) are revived; nothing else is constructed on load."""
+    return strict_serializer(tuple(name.rsplit(".", 1)) for name in settings.serde_allowed_types)
 
 
 @asynccontextmanager

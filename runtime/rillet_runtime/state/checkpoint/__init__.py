@@ -23,15 +23,27 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from rillet_runtime.events import CheckpointCorrupt
 from rillet_runtime.state.checkpoint.aio import AsyncFace
+from rillet_runtime.state.checkpoint.base import CHAT_STATE_TYPES, strict_serializer
 from rillet_runtime.state.checkpoint.keys import ThreadKeys
 from rillet_runtime.state.checkpoint.sync import SyncFace
 
-__all__ = ["RedisCheckpointSaver", "ThreadKeys"]
+__all__ = [
+    "CHAT_STATE_TYPES",
+    "CheckpointCorrupt",
+    "RedisCheckpointSaver",
+    "ThreadKeys",
+    "strict_serializer",
+]
 
 
 class RedisCheckpointSaver(AsyncFace, SyncFace):
-    """`RedisCheckpointSaver.from_url("redis://...")`; async and sync APIs both work."""
+    """`RedisCheckpointSaver.from_url("redis://...")`; async and sync APIs both work.
+
+    Loads are strict by default (`strict_serializer`: no type outside an allowlist is
+    constructed), and a checkpoint missing a value it references raises CheckpointCorrupt.
+    """
 
     def __init__(
         self,

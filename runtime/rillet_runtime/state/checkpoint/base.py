@@ -10,12 +10,13 @@ by calling it: one code path per operation, two ways to send.
 from __future__ import annotations
 
 import random
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import redis
 import zstandard
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -29,8 +30,9 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from rillet_runtime.events import save_failed
+from rillet_runtime.events import CheckpointCorrupt, save_failed
 from rillet_runtime.state.checkpoint import scripts
 from rillet_runtime.state.checkpoint.keys import (
     NS_SET_PATTERN,
@@ -73,6 +75,21 @@ _EMPTY = b"empty\0" + _RAW  # a channel versioned but without a value
 _LIST_BATCH = 20  # checkpoints read per pipeline when listing
 _SAVE_FAILURES = (redis.ConnectionError, redis.TimeoutError)
 
+# What Rillet's own graph and APIs keep in thread state besides plain data: messages
+# (RemoveMessage trims the built-in graph's window). LangGraph's safe set holds them too;
+# named here so they stay allowed whatever that set becomes.
+CHAT_STATE_TYPES: tuple[type, ...] = (HumanMessage, AIMessage, SystemMessage, RemoveMessage)
+
+
+def strict_serializer(allowed: Iterable[type | tuple[str, ...]] = ()) -> JsonPlusSerializer:
+    """LangGraph's serializer in its strict mode, whatever LANGGRAPH_STRICT_MSGPACK says: a
+    load constructs only LangGraph's safe types (messages, Send, Interrupt, datetimes...),
+    the chat state's and `allowed`; any other type comes back as its plain data, and a
+    pickle is refused. So bytes written into Redis by someone else cannot call code."""
+    return JsonPlusSerializer(
+        pickle_fallback=False, allowed_msgpack_modules=[*CHAT_STATE_TYPES, *allowed]
+    )
+
 
 class BaseRedisSaver(BaseCheckpointSaver[str]):
     """Settings, codec and operations; the clients belong to the faces."""
@@ -84,7 +101,7 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         compress_min_bytes: int = 1024,
         serde: SerializerProtocol | None = None,
     ) -> None:
-        super().__init__(serde=serde)
+        super().__init__(serde=serde or strict_serializer())
         self.ttl_ms = int(ttl_seconds * 1000) if ttl_seconds else 0
         self.compress_min_bytes = compress_min_bytes
         self._compressor = zstandard.ZstdCompressor(level=3)
@@ -279,32 +296,52 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         return _eval(scripts.GET, script_keys, keys.prefix, self.ttl_ms, checkpoint_id)
 
     def _tuple(self, thread_id: str, checkpoint_ns: str, reply: Any) -> CheckpointTuple | None:
-        """A GET script's reply as LangGraph's tuple (None: no such checkpoint)."""
+        """A GET script's reply as LangGraph's tuple (None: no such checkpoint). A value the
+        checkpoint references but Redis does not hold raises CheckpointCorrupt."""
         if not reply:
             return None
-        cid_raw, checkpoint_raw, metadata_raw, parent_raw, vfields, bvals, wfields, wvals = reply
+        at = (thread_id, checkpoint_ns, text(reply[0]))
+        if len(reply) == 1:  # indexed, but its record is gone
+            raise CheckpointCorrupt(*at, "the checkpoint", "is missing")
+        _, checkpoint_raw, metadata_raw, parent_raw, vfields, bvals, wfields, wvals = reply
         channel_values: dict[str, Any] = {}
         for field, value in zip(vfields, bvals, strict=True):
-            if value is None or value == _EMPTY:
-                continue
-            channel_values[text(field).split("\0", 1)[0]] = self._decode(value)
+            channel = text(field).split("\0", 1)[0]
+            if value != _EMPTY:
+                part = f"the value of channel {channel!r}"
+                channel_values[channel] = self._load(value, at, part, channel)
         pending: list[tuple[str, str, Any, str, int]] = []
         for field, value in zip(wfields, wvals, strict=True):
-            if value is None:
-                continue
             _, task_id, write_idx = text(field).split("\0")
-            task_path, channel, decoded = self._decode(value)
+            part = f"pending write {write_idx} of task {task_id}"
+            task_path, channel, decoded = self._load(value, at, part)
             pending.append((task_id, channel, decoded, task_path, int(write_idx)))
         pending.sort(key=lambda w: writes_sort_key(w[3], w[0], w[4]))
         parent = text(parent_raw or b"")
-        checkpoint: Checkpoint = self._decode(checkpoint_raw)
+        checkpoint: Checkpoint = self._load(checkpoint_raw, at, "the checkpoint")
         return CheckpointTuple(
-            config=_config(thread_id, checkpoint_ns, text(cid_raw)),
+            config=_config(thread_id, checkpoint_ns, at[2]),
             checkpoint={**checkpoint, "channel_values": channel_values},
-            metadata=self._decode(metadata_raw),
+            metadata=self._load(metadata_raw, at, "its metadata"),
             parent_config=_config(thread_id, checkpoint_ns, parent) if parent else None,
             pending_writes=[(task_id, channel, value) for task_id, channel, value, _, _ in pending],
         )
+
+    def _load(
+        self,
+        stored: bytes | None,
+        at: tuple[str, str, str],
+        part: str,
+        channel: str | None = None,
+    ) -> Any:
+        """A stored value back, or CheckpointCorrupt naming what is wrong and where."""
+        if stored is None:
+            raise CheckpointCorrupt(*at, part, "is missing", channel)
+        try:
+            return self._decode(stored)
+        except Exception as exc:
+            reason = f"cannot be read ({type(exc).__name__}: {exc})"
+            raise CheckpointCorrupt(*at, part, reason, channel) from exc
 
 
 def _saving(requests: Sequence[Request]) -> Operation[None]:

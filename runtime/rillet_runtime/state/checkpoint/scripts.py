@@ -101,7 +101,8 @@ return 1
 )
 
 # KEYS: ns_set idx cps blobs writes wfields. ARGV: prefix ttl cid ('' = latest).
-# Returns {cid, checkpoint, metadata, parent, blob fields, blob values, write fields, writes}.
+# Returns {cid, checkpoint, metadata, parent, blob fields, blob values, write fields, writes};
+# {cid} alone for a checkpoint indexed without its record (corrupt); false for none.
 GET = (
     _NAMESPACE_KEYS
     + _TOUCH
@@ -115,7 +116,10 @@ if cid == '' then
   cid = latest[1]
 end
 local rec = redis.call('HMGET', KEYS[3], cid, cid .. '\0m', cid .. '\0p', cid .. '\0v')
-if not rec[1] then return false end
+if not rec[1] then
+  if redis.call('ZSCORE', KEYS[2], cid) then return {cid} end
+  return false
+end
 local vfields = referenced_fields(rec[4])
 local bvals = {}
 if #vfields > 0 then bvals = redis.call('HMGET', KEYS[4], unpack(vfields)) end
