@@ -12,6 +12,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
+from rillet_runtime.api.caps import check_input
 from rillet_runtime.api.deps import (
     PrincipalDep,
     RuntimeDep,
@@ -78,6 +79,7 @@ class ThreadView(BaseModel):
 async def _start(
     runtime: Runtime, principal: Principal, body: ChatRequest, endpoint: str
 ) -> StartedRun:
+    check_input([body.message], runtime.settings.limits, "message")
     graph_input = {"messages": [HumanMessage(content=body.message)]}
     thread_id = body.thread_id or uuid.uuid4().hex
     return await start_run(

@@ -17,6 +17,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import ServerSentEvent
 
+from rillet_runtime.api.caps import check_input
 from rillet_runtime.api.deps import (
     PrincipalDep,
     RuntimeDep,
@@ -177,6 +178,7 @@ async def chat_completions(
             "messages: the last message must be from the user",
             param="messages",
         )
+    check_input([m.text() for m in body.messages], runtime.settings.limits, "messages")
     # `user` is the client's end-user tag, never whose data is touched: that is the principal.
     started = await start_run(
         runtime,
