@@ -6,11 +6,28 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from testcluster import TestCluster
 from tests.support.processes import wait_for as wait_for  # re-exported for the e2e tests
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 GROUP = "rillet.dev"
+
+
+def apply_example(cluster: TestCluster, namespace: str, example: Path) -> tuple[str, str]:
+    """A documented example, as written, its Secrets made as its comments say: its
+    (namespace, name)."""
+    document = yaml.safe_load(example.read_text())
+    target = document["metadata"].get("namespace", namespace)
+    if target != namespace:
+        cluster.kubectl("create", "namespace", target, check=False)
+    for line in example.read_text().splitlines():
+        if "create secret generic" in line:
+            args = line.split("kubectl", 1)[1].split()
+            cluster.kubectl(*args, *(["-n", target] if "-n" not in args else []), check=False)
+    cluster.kubectl("apply", "-n", target, "-f", str(example))
+    return target, document["metadata"]["name"]
 
 
 def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from rillet_operator.autoscaling import ACTIVE_STREAMS, LATENCY_WINDOW, TTFT_P95
 from rillet_operator.meta import ChatService
 from testcluster import TestCluster, build
 from testcluster.operator import OperatorProcess
-from tests.e2e.kube import EXAMPLES, condition, wait_ready
+from tests.e2e.kube import EXAMPLES, apply_example, condition, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "rillet"
@@ -185,6 +185,11 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
         assert can_i(cluster, kubeconfig, "patch", "deployments", "-n", "team-a")
         assert not can_i(cluster, kubeconfig, "patch", "deployments", "-n", "team-c")
         assert not can_i(cluster, kubeconfig, "get", "secrets", "-n", "kube-system")
+        # Secrets: by name only (get), never enumerated (list, watch), in its namespaces too.
+        assert can_i(cluster, kubeconfig, "get", "secrets", "-n", "team-a")
+        assert not can_i(cluster, kubeconfig, "list", "secrets", "-n", "team-a")
+        assert not can_i(cluster, kubeconfig, "watch", "secrets", "-n", "team-a")
+        assert can_i(cluster, kubeconfig, "patch", "networkpolicies", "-n", "team-a")
         assert not can_i(cluster, kubeconfig, "list", "nodes")
         assert not can_i(cluster, kubeconfig, "create", "clusterrolebindings")
         assert not can_i(cluster, kubeconfig, "delete", "deployments", "-n", "team-a")
@@ -242,7 +247,8 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
 
 
 def test_cluster_wide_install_with_the_crd_managed_elsewhere(bare_cluster: TestCluster) -> None:
-    """crds.install=false: the CRD is applied separately, as the docs say to."""
+    """crds.install=false: the CRD is applied separately, as the docs say to. Every example
+    is reconciled under the chart's ClusterRole, which cannot list or watch a Secret."""
     cluster = bare_cluster
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     cluster.helm(
@@ -260,19 +266,29 @@ def test_cluster_wide_install_with_the_crd_managed_elsewhere(bare_cluster: TestC
     )
     operator = operator_as_deployed(cluster, "ops", "everywhere", "everywhere-rillet")
     assert operator.env["RILLET_OPERATOR_NAMESPACES"] == ""
+    account = "system:serviceaccount:ops:everywhere-rillet"
+    for verb in ("list", "watch"):  # as an admin asks about the account, anywhere
+        asked = cluster.kubectl(
+            "auth", "can-i", verb, "secrets", "--all-namespaces", "--as", account, check=False
+        )
+        assert asked.stdout.strip() == "no", asked.stdout + asked.stderr
     operator.start()
     try:
-        cluster.kubectl("create", "namespace", "anywhere")
-        cluster.kubectl(
-            "create", "secret", "generic", "openai", "-n", "anywhere", "--from-literal=api-key=k"
-        )
-        example = str(EXAMPLES / "openai-managed-redis.yaml")
-        cluster.kubectl("apply", "-n", "anywhere", "-f", example)
-        wait_ready(cluster, "anywhere", "support-chat")
+        reconciled = []
+        for example in sorted(EXAMPLES.glob("*.yaml")):
+            namespace = f"anywhere-{example.stem}"
+            cluster.kubectl("create", "namespace", namespace)
+            reconciled.append(apply_example(cluster, namespace, example))
+        for namespace, name in reconciled:
+            wait_ready(cluster, namespace, name)
+            body = cluster.get_json("-n", namespace, "chat", name)
+            assert condition(body, "Degraded")["status"] == "False", body["status"]
+            assert cluster.get_json("-n", namespace, "networkpolicy", name)
         kubeconfig = Path(operator.env["KUBECONFIG"])
+        assert not can_i(cluster, kubeconfig, "list", "secrets", "--all-namespaces")
         assert not can_i(cluster, kubeconfig, "create", "clusterrolebindings")
         assert not can_i(cluster, kubeconfig, "delete", "namespaces")
-        assert not can_i(cluster, kubeconfig, "create", "pods", "-n", "anywhere")
+        assert not can_i(cluster, kubeconfig, "create", "pods", "-n", "anywhere-demo")
     finally:
         operator.stop()
     assert "Forbidden" not in operator.log_tail(chars=10**7), operator.log_tail()

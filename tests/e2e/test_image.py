@@ -174,6 +174,16 @@ def test_the_runtime_serves_from_the_rendered_settings_and_drains(image: Image) 
     )
     settings = image.tmp / "settings.yaml"  # in a pod, the ConfigMap's read-only mount
     settings.write_text(builders.config_map(cs)["data"]["settings.yaml"])
+    # In a pod, the operator's first-key Secret mounted whole: root-owned files the pod's
+    # group reads.
+    api_keys = image.tmp / "api-keys"
+    api_keys.mkdir()
+    key = "the-first-key"
+    for principal, value in builders.first_key_secret(cs, key)["stringData"].items():
+        (api_keys / principal).write_text(value)
+        (api_keys / principal).chmod(0o440)
+        if AS_IMAGE_USER:
+            os.chown(api_keys / principal, 0, IMAGE_UID)
     port, metrics_port = free_port(), free_port()
     env = image.env(
         RILLET_SETTINGS_FILE=str(settings),
@@ -182,6 +192,7 @@ def test_the_runtime_serves_from_the_rendered_settings_and_drains(image: Image) 
         RILLET_SERVER__METRICS_DIR=str(image.tmp / "rillet-metrics"),
         RILLET_SERVER__DRAIN_FILE=str(image.tmp / "draining"),
         RILLET_RETRIEVAL__EMBEDDED__PATH=str(image.index),  # /opt/rillet/index in the image
+        RILLET_AUTH__API_KEYS__PATH=str(api_keys),  # the Secret's mount point in the pod
     )
     container = builders.deployment(cs)["spec"]["template"]["spec"]["containers"][0]
     log = image.tmp / "serve.log"
@@ -197,8 +208,10 @@ def test_the_runtime_serves_from_the_rendered_settings_and_drains(image: Image) 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{url}/readyz", server, log)
+        question = {"message": "How do I install Rillet?"}
+        assert httpx.post(f"{url}/v1/chat", json=question, timeout=30).status_code == 401
         with (
-            httpx.Client(timeout=30) as client,
+            httpx.Client(timeout=30, headers={"authorization": f"Bearer {key}"}) as client,
             connect_sse(
                 client,
                 "POST",

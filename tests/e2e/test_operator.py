@@ -21,6 +21,7 @@ from testcluster.operator import OperatorProcess
 from tests.e2e.kube import (
     EXAMPLES,
     GROUP,
+    apply_example,
     chat_service,
     condition,
     manifest,
@@ -148,15 +149,7 @@ def test_every_example_is_accepted_and_served(
 ) -> None:
     """Each documented example, as written (its Secrets made as its comments say)."""
     document = yaml.safe_load(example.read_text())
-    target = document["metadata"].get("namespace", namespace)
-    if target != namespace:
-        cluster.kubectl("create", "namespace", target, check=False)
-    for line in example.read_text().splitlines():
-        if "create secret generic" in line:
-            args = line.split("kubectl", 1)[1].split()
-            cluster.kubectl(*args, *(["-n", target] if "-n" not in args else []), check=False)
-    cluster.kubectl("apply", "-n", target, "-f", str(example))
-    name = document["metadata"]["name"]
+    target, name = apply_example(cluster, namespace, example)
     wait_ready(cluster, target, name)
     body = chat_service(cluster, target, name)
     assert condition(body, "Degraded")["status"] == "False", body["status"]
@@ -250,9 +243,10 @@ def test_deleting_collects_every_child(cluster: TestCluster, namespace: str) -> 
     )
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "openai-managed-redis.yaml"))
     wait_ready(cluster, namespace, "support-chat")
-    kinds = "configmaps,services,secrets,deployments,statefulsets,pdb,hpa"
+    kinds = "configmaps,services,secrets,deployments,statefulsets,pdb,hpa,networkpolicies"
     selector = "app.kubernetes.io/instance=support-chat"
-    assert len(cluster.get_json("-n", namespace, kinds, "-l", selector)["items"]) == 8
+    # 2 Secrets (the Redis password, the first API key), 2 Services, 2 NetworkPolicies
+    assert len(cluster.get_json("-n", namespace, kinds, "-l", selector)["items"]) == 11
 
     cluster.kubectl("delete", "-n", namespace, "chat", "support-chat", "--timeout=60s")
     wait_for(
