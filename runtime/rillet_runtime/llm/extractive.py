@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
+from rillet_runtime.offload import cpu_bound
 from rillet_runtime.prompt import QuotedSource, parse_sources
 from rillet_runtime.retrieval import terms
 
@@ -116,11 +117,12 @@ def _unit_score(unit: str, overlap: Callable[[str], float]) -> float:
     return overlap(unit) / 2 if unit.startswith("```") else overlap(unit)
 
 
+def _question(messages: Sequence[BaseMessage]) -> str:
+    return next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
+
+
 def _answer_for(messages: Sequence[BaseMessage]) -> tuple[str, int]:
-    question = next(
-        (m.text for m in reversed(messages) if isinstance(m, HumanMessage)),
-        "",
-    )
+    question = _question(messages)
     sources = [s for m in messages if m.type == "system" for s in parse_sources(m.text)]
     prompt_words = sum(len(m.text.split()) for m in messages)
     return extract_answer(question, sources), prompt_words
@@ -163,7 +165,9 @@ class ExtractiveChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        for chunk in _chunks(*_answer_for(messages)):
+        # The question's length drives the cost (its terms against every sentence).
+        answer = await cpu_bound(len(_question(messages)), _answer_for, messages)
+        for chunk in _chunks(*answer):
             yield chunk
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from rillet_runtime.offload import cpu_bound
 from rillet_runtime.retrieval.errors import RetrievalConfigError
 from rillet_runtime.retrieval.text import terms
 from rillet_runtime.settings import EmbeddingSettings
@@ -83,7 +84,7 @@ class OfflineEmbedder:
         return normalise(rows)
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
-        return self.embed_sync(texts)
+        return await cpu_bound(sum(len(text) for text in texts), self.embed_sync, texts)
 
 
 class OpenAIEmbedder:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rillet_runtime.metrics import timed_stage
+from rillet_runtime.offload import cpu_bound
 from rillet_runtime.retrieval.documents import Passage
 from rillet_runtime.retrieval.embeddings import Embedder, Vectors, close_embedder
 from rillet_runtime.retrieval.indexes import MetadataFilter, VectorIndex
@@ -65,7 +66,8 @@ class IndexRetriever:
     async def prepare_query(self, text: str) -> PreparedQuery:
         with timed_stage("embedding"):
             vectors = await self.embedder.embed([text])
-        return PreparedQuery(text=text, terms=terms(text), vector=vectors[0])
+        query_terms = await cpu_bound(len(text), terms, text)
+        return PreparedQuery(text=text, terms=query_terms, vector=vectors[0])
 
     async def search(
         self,
@@ -83,7 +85,9 @@ class IndexRetriever:
             matches = await self.index.query(
                 query.vector, max(k, self.candidates), score_threshold=score_threshold
             )
-            keyword_hits = self.keyword.search(query.terms, max(k, self.candidates))
+            keyword_hits = await cpu_bound(
+                len(query.text), self.keyword.search, query.terms, max(k, self.candidates)
+            )
             fused = reciprocal_rank_fusion(
                 [[m.id for m in matches], [id_ for id_, _ in keyword_hits]], self.rrf_k
             )[:k]
