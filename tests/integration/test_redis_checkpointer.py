@@ -574,7 +574,8 @@ def test_rillet_serve_answers_a_corrupt_thread_with_state_corrupt(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """Through the API: reading, continuing and streaming a thread whose blob is gone give
-    500 `state_corrupt` (an `error` event on a stream), no stack trace; the log names it."""
+    500 `state_corrupt` (an `error` event on a stream), no stack trace; the log names it.
+    Deleting it works."""
     keys = write_api_keys(tmp_path / "keys", {"alice": "key-alice-0123456789"})
     headers = {"Authorization": "Bearer key-alice-0123456789"}
     settings = {
@@ -601,4 +602,7 @@ def test_rillet_serve_answers_a_corrupt_thread_with_state_corrupt(
             events = [(sse.event, json.loads(sse.data)) for sse in source.iter_sse()]
         assert events[-1][0] == "error"
         assert events[-1][1]["code"] == "state_corrupt"
+        # It cannot be read, but it can be deleted, and then it is gone.
+        assert client.delete("/v1/threads/to-corrupt").status_code == 204
+        assert client.get("/v1/threads/to-corrupt").status_code == 404
     assert "channel 'messages' is missing" in server.log.read_text()

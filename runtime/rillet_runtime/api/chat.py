@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Annotated, Any
 
@@ -26,7 +27,7 @@ from rillet_runtime.api.errors import ERROR_RESPONSES, ApiError, require_json
 from rillet_runtime.api.sse import ClosingEventSourceResponse, from_origin, sse_events
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
-from rillet_runtime.events import RunEvent
+from rillet_runtime.events import CheckpointCorrupt, RunEvent
 from rillet_runtime.run_guard import MultitaskStrategy
 
 router = APIRouter(
@@ -162,6 +163,7 @@ async def get_thread(
 async def delete_thread(
     thread_id: ThreadIdPath, runtime: RuntimeDep, principal: PrincipalDep
 ) -> Response:
-    await _existing_thread_state(runtime, principal, thread_id)
+    with contextlib.suppress(CheckpointCorrupt):  # a damaged thread can still be deleted
+        await _existing_thread_state(runtime, principal, thread_id)
     await runtime.checkpointer.adelete_thread(thread_key(principal, thread_id))
     return Response(status_code=204)

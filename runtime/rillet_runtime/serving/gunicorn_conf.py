@@ -52,9 +52,14 @@ def serve_metrics(server: ServerSettings, log: Any) -> None:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    # A port already taken raises here, before any worker starts: gunicorn exits with it.
-    start_http_server(server.metrics_port, server.host, registry)
-    log.info("Metrics at http://%s:%d/metrics", server.host, server.metrics_port)
+    where = f"{server.host}:{server.metrics_port}"
+    try:
+        start_http_server(server.metrics_port, server.host, registry)
+    except OSError as exc:  # before any worker starts; gunicorn prints a RuntimeError and exits
+        raise RuntimeError(
+            f"server.metrics_port: cannot listen on {where}: {exc.strerror}"
+        ) from None
+    log.info("Metrics at http://%s/metrics", where)
 
 
 def when_ready(arbiter: Any) -> None:
