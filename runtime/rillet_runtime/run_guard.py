@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,7 +92,7 @@ async def _claim(guard: RunGuard, strategy: MultitaskStrategy, wait_seconds: flo
         pause = min(pause * 2, 0.5)
 
 
-async def guarded(events: AsyncIterator[RunEvent], guard: RunGuard) -> AsyncIterator[RunEvent]:
+async def guarded(events: AsyncGenerator[RunEvent], guard: RunGuard) -> AsyncGenerator[RunEvent]:
     """The run's events; the guard is renewed meanwhile and released once the run is over."""
     renewer = asyncio.create_task(guard.keep_alive(), name=f"guard-{guard.run_id}")
     tokens = 0
@@ -105,5 +105,5 @@ async def guarded(events: AsyncIterator[RunEvent], guard: RunGuard) -> AsyncIter
     finally:
         renewer.cancel()
         with anyio.CancelScope(shield=True):
-            await events.aclose()  # type: ignore[attr-defined]  # the run has stopped first
+            await events.aclose()  # the run has stopped first
             await guard.release(tokens)

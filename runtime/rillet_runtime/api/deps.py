@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -121,7 +121,7 @@ class StartedRun:
     are never read (a client that left before the response started)."""
 
     request: RunRequest
-    events: AsyncIterator[RunEvent]
+    events: AsyncGenerator[RunEvent]
     slot: StreamSlot
     guard: RunGuard
 

@@ -6,9 +6,10 @@ a throwaway thread that is deleted when the run ends.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -122,35 +123,38 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
 
 
 async def openai_chunks(
-    events: AsyncIterator[RunEvent], model: str, include_usage: bool
+    events: AsyncGenerator[RunEvent], model: str, include_usage: bool
 ) -> AsyncIterator[ServerSentEvent]:
     """Run events in OpenAI's chunk format, ending with `[DONE]` (or an error object)."""
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    async for event in events:
-        match event.event:
-            case "metadata":
-                yield _chunk(
-                    completion_id, model, created, {"role": "assistant", "content": ""}, None
-                )
-            case "token":
-                yield _chunk(completion_id, model, created, {"content": event.data["text"]}, None)
-            case "done":
-                yield _chunk(completion_id, model, created, {}, "stop")
-                if include_usage:
-                    usage_chunk = {
-                        "id": completion_id,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [],
-                        "usage": _usage(event.data.get("usage", {})),
-                    }
-                    yield ServerSentEvent(data=orjson.dumps(usage_chunk).decode(), sep="\n")
-                yield ServerSentEvent(data="[DONE]", sep="\n")
-            case "error":
-                body = error_body(500, event.data["code"], event.data["message"])
-                yield ServerSentEvent(data=orjson.dumps(body).decode(), sep="\n")
+    async with contextlib.aclosing(events):
+        async for event in events:
+            match event.event:
+                case "metadata":
+                    yield _chunk(
+                        completion_id, model, created, {"role": "assistant", "content": ""}, None
+                    )
+                case "token":
+                    yield _chunk(
+                        completion_id, model, created, {"content": event.data["text"]}, None
+                    )
+                case "done":
+                    yield _chunk(completion_id, model, created, {}, "stop")
+                    if include_usage:
+                        usage_chunk = {
+                            "id": completion_id,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": _usage(event.data.get("usage", {})),
+                        }
+                        yield ServerSentEvent(data=orjson.dumps(usage_chunk).decode(), sep="\n")
+                    yield ServerSentEvent(data="[DONE]", sep="\n")
+                case "error":
+                    body = error_body(500, event.data["code"], event.data["message"])
+                    yield ServerSentEvent(data=orjson.dumps(body).decode(), sep="\n")
 
 
 async def _with_thread_cleanup(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import anyio
 import orjson
@@ -19,9 +20,12 @@ def to_sse(event: RunEvent) -> ServerSentEvent:
     )
 
 
-async def sse_events(events: AsyncIterator[RunEvent]) -> AsyncIterator[ServerSentEvent]:
-    async for event in events:
-        yield to_sse(event)
+async def sse_events(events: AsyncGenerator[RunEvent]) -> AsyncIterator[ServerSentEvent]:
+    """Closes the run's events when the client leaves, so the run stops and what it holds
+    is given back (its tokens charged) now, not whenever the generator is collected."""
+    async with contextlib.aclosing(events):
+        async for event in events:
+            yield to_sse(event)
 
 
 async def from_origin(

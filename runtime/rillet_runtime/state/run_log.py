@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +100,10 @@ class RunLog:
         return bool(readers)
 
     def publish(
-        self, run_id: str, events: AsyncIterator[RunEvent], origin: asyncio.Queue[RunEvent | None]
+        self,
+        run_id: str,
+        events: AsyncGenerator[RunEvent],
+        origin: asyncio.Queue[RunEvent | None],
     ) -> Callable[[], None]:
         """Run to the end in the background, logging every event and feeding the origin client.
 
@@ -147,7 +150,7 @@ class RunLog:
                         )
                         return
             finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                await events.aclose()
                 unwritten.put_nowait(None)
                 await asyncio.shield(writer)  # the terminal event is in Redis before we end
                 if not detached_at:
@@ -170,7 +173,7 @@ class RunLog:
             task.cancel()
         await asyncio.gather(*self._detached, return_exceptions=True)
 
-    async def follow(self, run_id: str, last_event_id: int) -> AsyncIterator[RunEvent] | None:
+    async def follow(self, run_id: str, last_event_id: int) -> AsyncGenerator[RunEvent] | None:
         """Replay after `last_event_id`, then follow; None when the run is unknown."""
         events, owner, reader = _keys(run_id)
         if not await self.client.exists(events):
@@ -179,7 +182,7 @@ class RunLog:
 
     async def _follow(
         self, events: str, owner: str, reader: str, last_id: int
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent]:
         cursor = f"{last_id}-0"
         while True:
             await self.client.set(reader, "1", px=_OWNER_TTL_MS)
