@@ -48,6 +48,7 @@ from rillet_runtime import loadgen
 from tests.support.processes import (
     RedisServer,
     free_port,
+    start_in_own_session,
     stop_process_group,
     wait_until_ready,
 )
@@ -90,15 +91,7 @@ class Server:
 def started(
     command: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            command,
-            env={**os.environ, **env},
-            cwd=cwd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_in_own_session(command, env, log, cwd)
     try:
         wait_until_ready(ready_url, proc, log, timeout=120)
         yield proc

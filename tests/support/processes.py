@@ -23,6 +23,22 @@ def free_port() -> int:
         return port
 
 
+def start_in_own_session(
+    command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A process in a session of its own (so its whole group can be stopped), output to
+    `log`, with the test's environment plus `env`."""
+    with log.open("wb") as log_file:
+        return subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def wait_until_ready(
     url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
 ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import free_port, wait_until_ready
+from tests.support.processes import free_port, start_in_own_session, wait_until_ready
 
 
 @dataclass
@@ -45,15 +45,7 @@ def served(
 ) -> Iterator[Process]:
     """A server process in its own session, ready once `ready_path` answers; stopped after,
     with whatever it started (the whole process group)."""
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            command,
-            env={**os.environ, **env},
-            cwd=cwd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_in_own_session(command, env, log, cwd)
     process = Process(f"http://127.0.0.1:{port}", proc, log)
     try:
         wait_until_ready(process.url + ready_path, proc, log)
