@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx
 import jwt
 import yaml
+from starlette.datastructures import Headers
 
 from rillet_runtime.settings import ApiKeysSettings, AuthSettings, JwtSettings
 
@@ -53,12 +54,12 @@ class Unauthenticated(Exception):
 class Authenticator(Protocol):
     challenge: str  # the WWW-Authenticate value of a 401
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal: ...
+    async def authenticate(self, headers: Headers) -> Principal: ...
 
     async def aclose(self) -> None: ...
 
 
-def presented_token(headers: Mapping[str, str]) -> str | None:
+def presented_token(headers: Headers) -> str | None:
     """`Authorization: Bearer <token>` (what the openai SDK sends) or `x-api-key`."""
     authorization = headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
@@ -78,7 +79,7 @@ class Anonymous:
 
     challenge = ""
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    async def authenticate(self, headers: Headers) -> Principal:
         return ANONYMOUS
 
     async def aclose(self) -> None:
@@ -94,11 +95,11 @@ class TrustedHeader:
     def __init__(self, header: str) -> None:
         self.header = header.lower()
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        value = headers.get(self.header)
-        if not value:
-            raise Unauthenticated(f"the {self.header} header is missing")
-        return _principal(value)
+    async def authenticate(self, headers: Headers) -> Principal:
+        values = headers.getlist(self.header)
+        if len(values) != 1:  # a client's own copy beside the gateway's: trust neither
+            raise Unauthenticated(f"send the {self.header} header exactly once")
+        return _principal(values[0])
 
     async def aclose(self) -> None:
         return None
@@ -165,7 +166,7 @@ class ApiKeys:
             except (OSError, ValueError, yaml.YAMLError) as exc:  # keep the keys we have
                 log.warning("API keys in %s not reloaded: %s", self.path, exc)
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    async def authenticate(self, headers: Headers) -> Principal:
         token = presented_token(headers)
         if token is None:
             raise Unauthenticated("send an API key as `Authorization: Bearer <key>`")
@@ -225,7 +226,7 @@ class JwtBearer:
             return  # keep serving with the keys we have
         self._jwks = {key.key_id or "": key.key for key in keys}
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    async def authenticate(self, headers: Headers) -> Principal:
         token = presented_token(headers)
         if token is None:
             raise Unauthenticated("send a JWT as `Authorization: Bearer <token>`")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EventName = Literal["metadata", "sources", "token", "done", "error"]
@@ -18,6 +18,21 @@ class RunEvent:
     id: int
     event: EventName
     data: dict[str, Any]
+
+
+@dataclass
+class Usage:
+    """A run's model tokens as it goes: what the provider reported, and how many chunks
+    streamed, which is what is charged when the run ends before the provider reports (a
+    client that left, a cancel, a timeout)."""
+
+    reported: dict[str, int] = field(default_factory=dict)
+    streamed_chunks: int = 0
+
+    @property
+    def charge(self) -> int:
+        completion = max(self.reported.get("completion_tokens", 0), self.streamed_chunks)
+        return self.reported.get("prompt_tokens", 0) + completion
 
 
 # The run being streamed collects save failures here instead of failing mid-answer.

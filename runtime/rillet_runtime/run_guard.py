@@ -1,21 +1,23 @@
-"""What a run holds beyond its worker's slot, for its whole life: a share of its principal's
-limits and, on a thread, the thread's lease (one run per thread at a time). Taken before the
-run starts, renewed while it runs (a cancel request from any worker is noticed then), given
-back when it ends, with the tokens it used charged to its principal."""
+"""What a stream holds beyond its worker's slot, for its whole life: a share of its
+principal's limits and, for a run on a thread, the thread's lease (one run per thread at a
+time). Taken before the stream starts and renewed from then on (also while a run waits for
+its thread; a cancel request from any worker is noticed on the same beat), given back when
+it ends, with the tokens it used charged to its principal: what the provider reported, or
+what streamed if the run ended first."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
 import redis
 
-from rillet_runtime.events import RunEvent
+from rillet_runtime.events import RunEvent, Usage
 from rillet_runtime.state.limits import Limiter, Refusal
 from rillet_runtime.state.runs import RunRegistry
 
@@ -26,6 +28,10 @@ RENEW_SECONDS = 1.0
 
 class ThreadBusy(Exception):
     """Another run holds the thread (strategy `reject`, or waiting for it timed out)."""
+
+
+class ClientGone(Exception):
+    """The client left while its run waited for the thread."""
 
 
 class OverLimit(Exception):
@@ -39,71 +45,90 @@ class RunGuard:
     limiter: Limiter
     registry: RunRegistry
     principal_key: str
-    thread_key: str | None  # None: a run on a throwaway thread needs no lease
-    run_id: str
+    thread_key: str | None  # None: no lease (a throwaway thread, a resumed stream)
+    stream_id: str  # the run's id, or a resumed stream's own
     cancel: asyncio.Event
+    usage: Usage
     taken: bool = False
+    _renewer: asyncio.Task[None] | None = field(default=None, repr=False)
 
-    async def keep_alive(self) -> None:
+    async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(RENEW_SECONDS)
             with contextlib.suppress(redis.RedisError):  # a missed beat: the lease outlasts it
-                await self.limiter.renew(self.principal_key, self.run_id)
-                if await self.registry.renew(self.thread_key, self.run_id):
+                await self.limiter.renew(self.principal_key, self.stream_id)
+            with contextlib.suppress(redis.RedisError):
+                if await self.registry.renew(self.thread_key, self.stream_id):
                     self.cancel.set()
 
-    async def release(self, tokens: int) -> None:
-        """Once: whoever is last to know the run is over (its events, or its response)."""
+    def _start_renewing(self) -> None:
+        self._renewer = asyncio.create_task(self._keep_alive(), name=f"guard-{self.stream_id}")
+
+    async def release(self) -> None:
+        """Once: whoever is last to know the stream is over (its events, or its response).
+        Each step on its own: one failing must not keep the others from happening."""
+        if self._renewer is not None:
+            self._renewer.cancel()
         if not self.taken:
             return
         self.taken = False
-        with contextlib.suppress(redis.RedisError):  # the lease and the stream lapse on their own
-            await self.registry.release(self.thread_key, self.run_id)
-            await self.limiter.release(self.principal_key, self.run_id, tokens)
+        with contextlib.suppress(redis.RedisError):  # a lease lapses on its own
+            await self.registry.release(self.thread_key, self.stream_id)
+        with contextlib.suppress(redis.RedisError):  # and so does a stream's share
+            await self.limiter.release(self.principal_key, self.stream_id, self.usage.charge)
 
 
-async def take_guard(guard: RunGuard, strategy: MultitaskStrategy, wait_seconds: float) -> RunGuard:
-    """Admit the run under its principal's limits and claim its thread, or raise."""
-    refusal = await guard.limiter.admit(guard.principal_key, guard.run_id)
+async def take_guard(
+    guard: RunGuard,
+    strategy: MultitaskStrategy,
+    wait_seconds: float,
+    client_gone: Callable[[], Awaitable[bool]],
+) -> RunGuard:
+    """Admit the stream under its principal's limits and claim its thread, or raise."""
+    refusal = await guard.limiter.admit(guard.principal_key, guard.stream_id)
     if refusal is not None:
         raise OverLimit(refusal)
-    try:
-        await _claim(guard, strategy, wait_seconds)
-    except BaseException:
-        await guard.limiter.release(guard.principal_key, guard.run_id, 0)
-        raise
     guard.taken = True
+    guard._start_renewing()  # a run waiting for its thread keeps its share alive
+    try:
+        await _claim(guard, strategy, wait_seconds, client_gone)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await guard.release()
+        raise
     return guard
 
 
-async def _claim(guard: RunGuard, strategy: MultitaskStrategy, wait_seconds: float) -> None:
+async def _claim(
+    guard: RunGuard,
+    strategy: MultitaskStrategy,
+    wait_seconds: float,
+    client_gone: Callable[[], Awaitable[bool]],
+) -> None:
     registry, thread_key = guard.registry, guard.thread_key
-    if await registry.claim(thread_key, guard.run_id, guard.principal_key):
+    if await registry.claim(thread_key, guard.stream_id, guard.principal_key):
         return
     if strategy == "reject" or thread_key is None:
         raise ThreadBusy()
     if strategy == "interrupt" and (holder := await registry.holder(thread_key)):
         await registry.request_cancel(holder)
     deadline, pause = time.monotonic() + wait_seconds, 0.05
-    while not await registry.claim(thread_key, guard.run_id, guard.principal_key):
+    while not await registry.claim(thread_key, guard.stream_id, guard.principal_key):
         if time.monotonic() >= deadline:
             raise ThreadBusy()
+        if await client_gone():
+            raise ClientGone()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.5)
 
 
 async def guarded(events: AsyncGenerator[RunEvent], guard: RunGuard) -> AsyncGenerator[RunEvent]:
-    """The run's events; the guard is renewed meanwhile and released once the run is over."""
-    renewer = asyncio.create_task(guard.keep_alive(), name=f"guard-{guard.run_id}")
-    tokens = 0
+    """The stream's events; once they are over (or closed), the run has stopped and the
+    guard is released."""
     try:
-        async for event in events:
-            if event.event == "done":
-                usage = event.data.get("usage") or {}
-                tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
-            yield event
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
     finally:
-        renewer.cancel()
         with anyio.CancelScope(shield=True):
-            await events.aclose()  # the run has stopped first
-            await guard.release(tokens)
+            await guard.release()

@@ -99,8 +99,12 @@ class JwtSettings(_Section):
     def _one_key_source(self) -> JwtSettings:
         if (self.jwks_url is None) == (self.public_key is None):
             raise ValueError("set exactly one of auth.jwt.jwks_url and auth.jwt.public_key")
-        if "none" in {a.lower() for a in self.algorithms}:
-            raise ValueError("auth.jwt.algorithms must not include 'none'")
+        refused = [a for a in self.algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+        if refused:
+            raise ValueError(
+                f"auth.jwt.algorithms: {', '.join(refused)} refused (only signatures checked "
+                "with a public key: RS*, PS*, ES*, EdDSA)"
+            )
         return self
 
 

@@ -23,7 +23,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.constants import TAG_HIDDEN, TAG_NOSTREAM
 from langgraph.pregel import Pregel
 
-from rillet_runtime.events import EventName, RunEvent, collecting_save_failures
+from rillet_runtime.events import EventName, RunEvent, Usage, collecting_save_failures
 from rillet_runtime.llm.errors import RunCancelled, classify_error
 from rillet_runtime.metrics import (
     INTER_TOKEN_LATENCY,
@@ -53,6 +53,7 @@ class RunRequest:
     started_at: float = field(default_factory=time.perf_counter)
     # Set by whoever stops the run (a cancel request, another run interrupting the thread).
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    usage: Usage = field(default_factory=Usage)
 
 
 # What the run task puts on the queue.
@@ -84,9 +85,9 @@ class _TokenSink(AsyncCallbackHandler):
 
     run_inline = True  # awaited in place: no task and no gather per token
 
-    def __init__(self, queue: asyncio.Queue[_Item]) -> None:
+    def __init__(self, queue: asyncio.Queue[_Item], usage: Usage) -> None:
         self.queue = queue
-        self.usage: dict[str, int] = {}
+        self.usage = usage
         self.streamed_message_ids: set[str] = set()
         self._muted: set[UUID] = set()
 
@@ -109,11 +110,12 @@ class _TokenSink(AsyncCallbackHandler):
             return
         message = getattr(chunk, "message", None)
         if message is not None:
-            _add_usage(self.usage, message.usage_metadata)
+            _add_usage(self.usage.reported, message.usage_metadata)
             if message.id:
                 self.streamed_message_ids.add(message.id)
         text = str(message.text) if message is not None else str(token or "")
         if text:
+            self.usage.streamed_chunks += 1
             await self.queue.put(("token", text))
 
     async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -138,7 +140,7 @@ def _unstreamed_answers(update: dict[str, Any], streamed: set[str]) -> list[str]
 
 
 async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
-    sink = _TokenSink(queue)
+    sink = _TokenSink(queue, request.usage)
     config: RunnableConfig = {
         **request.config,
         "callbacks": [*(request.config.get("callbacks") or []), sink],  # type: ignore[misc]
@@ -163,7 +165,7 @@ async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
             log.warning("run %s: state not saved: %r", request.run_id, save_failures[0])
         end = {
             "finish_reason": finish_reason,
-            "usage": sink.usage,
+            "usage": sink.usage.reported,
             "state_saved": not save_failures,
         }
         await queue.put(("end", end))

@@ -281,6 +281,60 @@ def test_cancelling_your_run_stops_it(server: Process, fake: FakeLLM) -> None:
     assert len(text_of(events)) < len(EXPECTED)
 
 
+def test_deleting_a_thread_while_it_runs_is_refused(server: Process) -> None:
+    """A run saving after the delete would leave a thread that reads back corrupt."""
+    with ThreadPoolExecutor(1) as pool:
+        body = {"message": "long", "thread_id": "busy-delete"}
+        running = pool.submit(
+            httpx.post, f"{server.url}/v1/chat", json=body, headers=bearer("bob"), timeout=60
+        )
+        time.sleep(0.5)  # the run holds the thread (its answer takes 2.4 s)
+        busy = httpx.delete(
+            f"{server.url}/v1/threads/busy-delete", headers=bearer("bob"), timeout=10
+        )
+        assert running.result().status_code == 200
+    assert busy.status_code == 409
+    assert busy.json()["error"]["code"] == "thread_busy"
+    done = httpx.delete(f"{server.url}/v1/threads/busy-delete", headers=bearer("bob"), timeout=10)
+    assert done.status_code == 204
+
+
+def test_a_client_that_leaves_early_still_pays_for_what_streamed(
+    module_tmp: Path, fake: FakeLLM, redis_server: RedisServer, keys_dir: Path
+) -> None:
+    """The provider reports usage only at the end; a stream cut after 10 tokens is charged
+    those 10, so with 5 tokens a minute the next run waits."""
+    settings = keyed_settings(
+        fake,
+        redis_server.url,
+        keys_dir,
+        limits__tokens_per_minute="5",
+        streaming__resumable="false",  # a resumable run goes on for a resumer: not cut
+    )
+    with rillet_server(module_tmp, workers=1, **settings) as limited:
+        with (
+            httpx.Client(timeout=60) as client,
+            connect_sse(
+                client,
+                "POST",
+                f"{limited.url}/v1/chat/stream",
+                json={"message": "hi"},
+                headers=bearer("alice"),
+            ) as source,
+        ):
+            tokens = 0
+            for sse in source.iter_sse():
+                tokens += sse.event == "token"
+                if tokens == 10:
+                    break  # the connection is cut here
+        time.sleep(1.5)  # the worker notices the disconnect, stops the run and charges it
+        refused = httpx.post(
+            f"{limited.url}/v1/chat", json={"message": "hi"}, headers=bearer("alice"), timeout=60
+        )
+    assert refused.status_code == 429  # the very next run: charged 0, it would have run
+    assert refused.headers["RateLimit-Policy"] == '"tokens";q=5;w=60'
+
+
 def test_requests_per_minute_hold_across_two_processes(
     module_tmp: Path, fake: FakeLLM, redis_server: RedisServer, keys_dir: Path
 ) -> None:

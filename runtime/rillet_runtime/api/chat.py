@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,13 +78,19 @@ class ThreadView(BaseModel):
 
 
 async def _start(
-    runtime: Runtime, principal: Principal, body: ChatRequest, endpoint: str
+    runtime: Runtime, request: Request, principal: Principal, body: ChatRequest, endpoint: str
 ) -> StartedRun:
     check_input([body.message], runtime.settings.limits, "message")
     graph_input = {"messages": [HumanMessage(content=body.message)]}
     thread_id = body.thread_id or uuid.uuid4().hex
     return await start_run(
-        runtime, principal, graph_input, thread_id, endpoint, strategy=body.multitask_strategy
+        runtime,
+        request,
+        principal,
+        graph_input,
+        thread_id,
+        endpoint,
+        strategy=body.multitask_strategy,
     )
 
 
@@ -95,10 +101,10 @@ async def _start(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_stream(
-    body: ChatRequest, runtime: RuntimeDep, principal: PrincipalDep
+    body: ChatRequest, request: Request, runtime: RuntimeDep, principal: PrincipalDep
 ) -> EventSourceResponse:
     """Stream an answer as SSE events: metadata, sources, token..., then done or error."""
-    started = await _start(runtime, principal, body, "chat_stream")
+    started = await _start(runtime, request, principal, body, "chat_stream")
     heartbeat = runtime.settings.streaming.heartbeat_seconds
     if runtime.run_log is None:
         return ClosingEventSourceResponse(sse_events(started.events), started.close, heartbeat)
@@ -111,9 +117,11 @@ async def chat_stream(
 
 
 @router.post("/chat", dependencies=[Depends(require_json)])
-async def chat(body: ChatRequest, runtime: RuntimeDep, principal: PrincipalDep) -> ChatAnswer:
+async def chat(
+    body: ChatRequest, request: Request, runtime: RuntimeDep, principal: PrincipalDep
+) -> ChatAnswer:
     """The same run as /v1/chat/stream, answered as one JSON document."""
-    started = await _start(runtime, principal, body, "chat")
+    started = await _start(runtime, request, principal, body, "chat")
     try:
         collected = await collect(started.events)
     finally:
@@ -165,5 +173,11 @@ async def delete_thread(
 ) -> Response:
     with contextlib.suppress(CheckpointCorrupt):  # a damaged thread can still be deleted
         await _existing_thread_state(runtime, principal, thread_id)
-    await runtime.checkpointer.adelete_thread(thread_key(principal, thread_id))
+    thread, deletion = thread_key(principal, thread_id), f"delete-{uuid.uuid4()}"
+    if not await runtime.runs.claim(thread, deletion, principal.key):  # a run would save on
+        raise ApiError(409, "thread_busy", "the thread has a run in progress", param="thread_id")
+    try:
+        await runtime.checkpointer.adelete_thread(thread)
+    finally:
+        await runtime.runs.release(thread, deletion)
     return Response(status_code=204)

@@ -4,10 +4,12 @@ answer for the non-streaming endpoints."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -19,10 +21,11 @@ from rillet_runtime.admission import StreamSlot
 from rillet_runtime.api.errors import ApiError
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal, Unauthenticated
-from rillet_runtime.events import RunEvent
+from rillet_runtime.events import RunEvent, Usage
 from rillet_runtime.llm.timing import LLMStageTimer
 from rillet_runtime.metrics import AUTH_FAILURES, LIMITED, REQUESTS
 from rillet_runtime.run_guard import (
+    ClientGone,
     MultitaskStrategy,
     OverLimit,
     RunGuard,
@@ -116,18 +119,23 @@ def new_run(
 
 
 @dataclass
-class StartedRun:
-    """An admitted run: its events, and `close` to give back what it holds if its events
-    are never read (a client that left before the response started)."""
+class Admitted:
+    """A stream's worker slot and guard; `close` gives both back (idempotent), after the
+    events, if they were ever read, have stopped the run."""
 
-    request: RunRequest
     events: AsyncGenerator[RunEvent]
     slot: StreamSlot
     guard: RunGuard
 
     async def close(self) -> None:
+        await self.events.aclose()
         self.slot.release()
-        await self.guard.release(0)
+        await self.guard.release()
+
+
+@dataclass
+class StartedRun(Admitted):
+    request: RunRequest = field(kw_only=True)
 
 
 def _over_limit(refusal: Refusal, endpoint: str) -> ApiError:
@@ -145,38 +153,31 @@ def _over_limit(refusal: Refusal, endpoint: str) -> ApiError:
     return ApiError(429, "rate_limited", message, headers=headers)
 
 
-async def start_run(
+async def admit(
     runtime: Runtime,
-    principal: Principal,
-    graph_input: Any,
-    thread_id: str,
+    request: Request,
+    guard: RunGuard,
     endpoint: str,
-    *,
     strategy: MultitaskStrategy = "reject",
-    throwaway_thread: bool = False,
-) -> StartedRun:
-    """Admit a run (the worker's capacity, the principal's limits, the thread's lease) or
-    answer 503, 429 or 409; nothing is held after a refusal."""
+) -> StreamSlot:
+    """The worker's capacity, the principal's limits, the thread's lease (when the guard
+    names one), or 503, 429 or 409; nothing is held after a refusal."""
     settings = runtime.settings
     slot = admit_stream(runtime, endpoint)
-    run = new_run(runtime, principal, graph_input, thread_id, endpoint)
-    guard = RunGuard(
-        runtime.limiter,
-        runtime.runs,
-        principal.key,
-        None if throwaway_thread else thread_key(principal, thread_id),
-        run.run_id,
-        run.cancel,
-    )
     try:
-        await take_guard(guard, strategy, wait_seconds=settings.server.max_stream_seconds)
+        await take_guard(
+            guard, strategy, settings.server.max_stream_seconds, request.is_disconnected
+        )
     except OverLimit as exc:
         raise _over_limit(exc.refusal, endpoint) from None
     except ThreadBusy:
         REQUESTS.labels(endpoint, "rejected_thread_busy").inc()
         raise ApiError(
-            409, "thread_busy", f"thread {thread_id!r} has a run in progress", param="thread_id"
+            409, "thread_busy", "the thread has a run in progress", param="thread_id"
         ) from None
+    except ClientGone:
+        REQUESTS.labels(endpoint, "client_disconnected").inc()
+        raise ApiError(499, "client_gone", "the client left while its run waited") from None
     except redis.RedisError:  # limits and leases cannot be checked: refuse before streaming
         REQUESTS.labels(endpoint, "rejected_state_unavailable").inc()
         retry_after = {"Retry-After": str(settings.server.retry_after_seconds)}
@@ -186,8 +187,47 @@ async def start_run(
     finally:
         if not guard.taken:
             slot.release()
+    return slot
+
+
+def guard_for(
+    runtime: Runtime,
+    principal: Principal,
+    stream_id: str,
+    thread: str | None = None,
+    usage: Usage | None = None,
+    cancel: asyncio.Event | None = None,
+) -> RunGuard:
+    return RunGuard(
+        runtime.limiter,
+        runtime.runs,
+        principal.key,
+        thread,
+        stream_id,
+        cancel or asyncio.Event(),
+        usage or Usage(),
+    )
+
+
+async def start_run(
+    runtime: Runtime,
+    request: Request,
+    principal: Principal,
+    graph_input: Any,
+    thread_id: str,
+    endpoint: str,
+    *,
+    strategy: MultitaskStrategy = "reject",
+    throwaway_thread: bool = False,
+) -> StartedRun:
+    """An admitted run (see `admit`), ready to stream."""
+    settings = runtime.settings
+    run = new_run(runtime, principal, graph_input, thread_id, endpoint)
+    thread = None if throwaway_thread else thread_key(principal, thread_id)
+    guard = guard_for(runtime, principal, run.run_id, thread, run.usage, run.cancel)
+    slot = await admit(runtime, request, guard, endpoint, strategy)
     events = run_events(run, settings.streaming, settings.server.max_stream_seconds, slot)
-    return StartedRun(run, guarded(events, guard), slot, guard)
+    return StartedRun(guarded(events, guard), slot, guard, request=run)
 
 
 @dataclass
@@ -206,7 +246,13 @@ class CollectedRun:
         return "".join(self.chunks)
 
 
-async def collect(events: AsyncIterator[RunEvent]) -> CollectedRun:
+async def collect(events: AsyncGenerator[RunEvent]) -> CollectedRun:
+    """The whole run; its events are closed however it ends (an error raises 4xx/5xx)."""
+    async with contextlib.aclosing(events):
+        return await _collect(events)
+
+
+async def _collect(events: AsyncGenerator[RunEvent]) -> CollectedRun:
     collected = CollectedRun()
     async for event in events:
         match event.event:

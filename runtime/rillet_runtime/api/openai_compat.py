@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import ServerSentEvent
@@ -124,7 +124,7 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
 
 async def openai_chunks(
     events: AsyncGenerator[RunEvent], model: str, include_usage: bool
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent]:
     """Run events in OpenAI's chunk format, ending with `[DONE]` (or an error object)."""
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -158,18 +158,20 @@ async def openai_chunks(
 
 
 async def _with_thread_cleanup(
-    runtime: Runtime, thread_id: str, events: AsyncIterator[ServerSentEvent]
+    runtime: Runtime, thread_id: str, events: AsyncGenerator[ServerSentEvent]
 ) -> AsyncIterator[ServerSentEvent]:
+    """The throwaway thread goes once the run has stopped (closing the events stops it)."""
     try:
-        async for event in events:
-            yield event
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
     finally:
         await runtime.checkpointer.adelete_thread(thread_id)
 
 
 @router.post("/chat/completions", dependencies=[Depends(require_json)], response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, runtime: RuntimeDep, principal: PrincipalDep
+    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, principal: PrincipalDep
 ) -> Any:
     if body.model not in served_models(runtime):
         raise ApiError(
@@ -186,6 +188,7 @@ async def chat_completions(
     # `user` is the client's end-user tag, never whose data is touched: that is the principal.
     started = await start_run(
         runtime,
+        request,
         principal,
         {"messages": to_langchain(body.messages)},
         f"oai-{uuid.uuid4().hex}",

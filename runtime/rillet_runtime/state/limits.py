@@ -64,14 +64,13 @@ end
 return {'', 0}
 """
 
-# KEYS: streams. ARGV: stream_id ttl_ms.
+# KEYS: streams. ARGV: stream_id ttl_ms. Re-adds a stream that lapsed (Redis was away
+# longer than its expiry), so a live stream is always counted.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 

@@ -31,10 +31,14 @@ _OWNER_TTL_MS = 3000
 _BEAT_SECONDS = 1.0
 
 
+def run_key(run_id: str, part: str) -> str:
+    """Every key of a run, in its cluster slot: `events`, `owner` (the process running it),
+    `reader` (someone resuming), `principal` and `cancel` (state/runs.py)."""
+    return f"rillet:run:{{{run_id}}}:{part}"
+
+
 def _keys(run_id: str) -> tuple[str, str, str]:
-    """events, owner and reader keys, all in the run's cluster slot."""
-    base = f"rillet:run:{{{run_id}}}"
-    return f"{base}:events", f"{base}:owner", f"{base}:reader"
+    return run_key(run_id, "events"), run_key(run_id, "owner"), run_key(run_id, "reader")
 
 
 def interrupted_event(last_id: int) -> RunEvent:

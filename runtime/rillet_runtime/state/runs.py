@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rillet_runtime.state.run_log import run_key
+
 LEASE_MS = 10_000
 
 # KEYS: lease. ARGV: run_id lease_ms. Only the holder renews or releases.
@@ -29,12 +31,6 @@ return 0
 
 def lease_key(thread_key: str) -> str:
     return f"rillet:lease:{{{thread_key}}}"
-
-
-def _run_keys(run_id: str) -> tuple[str, str]:
-    """The run's principal and its cancel flag, in the run's slot (beside its event log)."""
-    base = f"rillet:run:{{{run_id}}}"
-    return f"{base}:principal", f"{base}:cancel"
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -69,14 +65,19 @@ class RedisRunRegistry:
             taken = await self.client.set(lease_key(thread_key), run_id, nx=True, px=LEASE_MS)
             if not taken:
                 return False
-        await self.client.set(_run_keys(run_id)[0], principal_key, px=self.record_ms)
+        try:
+            await self.client.set(run_key(run_id, "principal"), principal_key, px=self.record_ms)
+        except BaseException:
+            await self.release(thread_key, run_id)
+            raise
         return True
 
     async def renew(self, thread_key: str | None, run_id: str) -> bool:
         pipe = self.client.pipeline(transaction=False)
         if thread_key is not None:
             pipe.eval(_RENEW, 1, lease_key(thread_key), run_id, LEASE_MS)
-        pipe.exists(_run_keys(run_id)[1])
+        pipe.pexpire(run_key(run_id, "principal"), self.record_ms)  # outlives a long run
+        pipe.exists(run_key(run_id, "cancel"))
         replies = await pipe.execute()
         return bool(replies[-1])
 
@@ -88,10 +89,10 @@ class RedisRunRegistry:
         return _text(await self.client.get(lease_key(thread_key)))
 
     async def owner(self, run_id: str) -> str | None:
-        return _text(await self.client.get(_run_keys(run_id)[0]))
+        return _text(await self.client.get(run_key(run_id, "principal")))
 
     async def request_cancel(self, run_id: str) -> None:
-        await self.client.set(_run_keys(run_id)[1], "1", px=self.record_ms)
+        await self.client.set(run_key(run_id, "cancel"), "1", px=self.record_ms)
 
 
 @dataclass
