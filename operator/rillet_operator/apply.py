@@ -227,10 +227,14 @@ async def post_event(client: Kube, body: dict[str, Any], reason: str, message: s
 
 
 def namespace_terminating(exc: ApiError) -> bool:
-    """The namespace controller is deleting everything in it: recreating children would
-    only fight it (and the API server refuses new objects there anyway)."""
-    causes = (error_status(exc).get("details") or {}).get("causes") or []
-    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+    """The namespace controller is deleting everything in it, or has finished: recreating
+    children would only fight it (and the API server refuses new objects there anyway)."""
+    details = error_status(exc).get("details") or {}
+    if details.get("kind") == "namespaces":  # 404: the namespace itself is gone
+        return True
+    return any(
+        cause.get("reason") == "NamespaceTerminating" for cause in details.get("causes") or []
+    )
 
 
 async def wait_for_chat_service_api(client: Kube, namespaces: list[str]) -> None:

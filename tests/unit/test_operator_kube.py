@@ -35,6 +35,20 @@ def test_a_terminating_namespace_is_told_by_the_status_causes() -> None:
     assert error_message(api_error(403, body)).startswith('configmaps "x" is forbidden')
 
 
+def test_a_namespace_already_gone_counts_as_terminating() -> None:
+    """Creating in a namespace the controller has finished deleting: 404 on the namespace."""
+    body = {
+        "kind": "Status",
+        "message": 'namespaces "e2e-14" not found',
+        "reason": "NotFound",
+        "details": {"name": "e2e-14", "kind": "namespaces"},
+        "code": 404,
+    }
+    assert namespace_terminating(api_error(404, body))
+    secret_missing = {"reason": "NotFound", "details": {"name": "x", "kind": "secrets"}}
+    assert not namespace_terminating(api_error(404, secret_missing))
+
+
 def test_other_errors_are_not_a_terminating_namespace() -> None:
     assert not namespace_terminating(api_error(403, {"kind": "Status", "reason": "Forbidden"}))
     assert not namespace_terminating(api_error(500, None))
