@@ -55,7 +55,7 @@ if rpm > 0 then
   local interval = 60000 / rpm
   local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now) + interval
   if tat - 60000 > now then return {'requests_per_minute', tat - 60000 - now} end
-  redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', math.ceil(tat - now))
+  redis.call('SET', KEYS[2], string.format('%.3f', tat), 'PX', math.max(1, math.ceil(tat - now)))
 end
 if max_streams > 0 then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
@@ -82,7 +82,7 @@ if tokens > 0 and tpm > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now) + tokens * 60000 / tpm
-  redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', math.ceil(tat - now))
+  redis.call('SET', KEYS[2], string.format('%.3f', tat), 'PX', math.max(1, math.ceil(tat - now)))
 end
 return 1
 """
