@@ -13,6 +13,12 @@ client, all at once) to each server. Reported per server: TTFT p50/p99 and inter
 (medians over the rounds), what each adds to `none`'s, and server CPU seconds per 1,000
 model tokens with its ratio to `none`'s.
 
+Then, in this process against the same redis-server, the admission path alone, timed per
+stream start over `--admissions` starts in each mode: authenticate, admit under the limits,
+claim and release the thread's lease, release the stream (charging tokens). A p99 of a
+50-stream wave moves by tens of milliseconds from round to round on a shared 2-core
+machine; this part resolves what each mode adds in microseconds.
+
     python -m bench.auth --out bench-results [--streams 50 --rounds 4]
 """
 
@@ -28,12 +34,19 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
+import redis.asyncio as aredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.datastructures import Headers
 
 from bench.streaming import Server, started, wave
 from rillet_runtime import loadgen
+from rillet_runtime.auth import Anonymous, ApiKeys, Authenticator, JwtBearer, read_api_keys
+from rillet_runtime.settings import ApiKeysSettings, JwtSettings, LimitsSettings
+from rillet_runtime.state.limits import RedisLimiter
+from rillet_runtime.state.runs import RedisRunRegistry
 from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import RedisServer, free_port
 
@@ -105,6 +118,48 @@ def summarize(waves: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
+async def admission_costs(
+    redis_url: str, keys: Path, pem: str, token: str, n: int
+) -> dict[str, Any]:
+    """Microseconds per stream start in each mode: p50, p99, and p50 added to `none`'s."""
+    client = aredis.Redis.from_url(redis_url)
+    limits = LimitsSettings(
+        concurrent_streams=100_000, requests_per_minute=10**9, tokens_per_minute=10**12
+    )
+    registry = RedisRunRegistry(client, record_ms=600_000)
+    async with httpx.AsyncClient() as http:
+        modes: dict[str, tuple[Authenticator, Any, str | None]] = {
+            "none": (Anonymous(), RedisLimiter(client, LimitsSettings(), 10_000), None),
+            "api_keys": (
+                ApiKeys(ApiKeysSettings(path=keys), read_api_keys(keys)),
+                RedisLimiter(client, limits, 10_000),
+                "bench-key-0123456789",
+            ),
+            "jwt": (
+                JwtBearer(JwtSettings(audience="bench", public_key=pem), http),
+                RedisLimiter(client, limits, 10_000),
+                token,
+            ),
+        }
+        timings: dict[str, list[float]] = {name: [] for name in modes}
+        for i in range(n):
+            for name, (authenticator, limiter, credential) in modes.items():
+                headers = Headers({"authorization": f"Bearer {credential}"} if credential else {})
+                run_id, started = f"{name}-{i}", time.perf_counter()
+                principal = await authenticator.authenticate(headers)
+                assert await limiter.admit(principal.key, run_id) is None
+                assert await registry.claim(f"{principal.key}/t{i}", run_id, principal.key)
+                await registry.release(f"{principal.key}/t{i}", run_id)
+                await limiter.release(principal.key, run_id, 60)
+                timings[name].append((time.perf_counter() - started) * 1e6)
+    await client.aclose()
+    result = {name: loadgen.percentiles(values, scale=1.0) for name, values in timings.items()}
+    base = result["none"]["p50"] or 0.0
+    for row in result.values():
+        row["added_p50_us"] = round((row["p50"] or 0.0) - base, 1)
+    return {"starts_per_mode": n, "microseconds": result}
+
+
 async def run(servers: list[Server], streams: int, rounds: int) -> list[dict[str, Any]]:
     waves = []
     for round_index in range(rounds):
@@ -126,6 +181,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--admissions", type=int, default=5000)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="rillet-bench-auth-"))
@@ -172,10 +228,15 @@ def main() -> None:
                 proc = stack.enter_context(started(["rillet", "serve"], env, f"{url}/readyz", log))
                 servers.append(Server(name, url, loadgen.APIS["rillet"], "rillet", proc, api_key))
             waves = asyncio.run(run(servers, args.streams, args.rounds))
+        admission = asyncio.run(
+            admission_costs(redis.url, keys, public_pem, token, args.admissions)
+        )
     finally:
         redis.kill()
     result = {"streams": args.streams, "rounds": args.rounds, "waves": waves}
     result["summary"] = summarize(waves)
+    result["admission"] = admission
+    print("admission path, microseconds per stream start:", json.dumps(admission["microseconds"]))
     (args.out / "auth.json").write_text(json.dumps(result, indent=2))
     for name, row in result["summary"].items():
         print(name, json.dumps(row))
