@@ -35,8 +35,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
-from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
-from rillet_runtime.llm import build_chat_model
+from rillet_runtime.graph import graph_deps
+from rillet_runtime.graph.rag import build_rag_graph
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.retrieval.documents import corpus_files, default_corpus_paths, iter_chunks
 from rillet_runtime.settings import Settings
@@ -189,15 +189,7 @@ async def growth(
             ) as saver,
             open_retriever(settings) as retriever,
         ):
-            deps = GraphDeps(
-                model=build_chat_model(settings.model, http),
-                model_name=settings.model.name,
-                retriever=retriever,
-                response_cache=None,
-                k=settings.retrieval.k,
-                score_threshold=settings.retrieval.score_threshold,
-                history_window=settings.state.history_window,
-            )
+            deps = graph_deps(settings, http, retriever)
             graphs: dict[str, Any] = {
                 "built-in chat graph (window)": build_rag_graph(deps, saver),
                 "add_messages, full history": history_graph(saver, prose.answer, delta=False),

@@ -26,8 +26,7 @@ from rillet_runtime.api.errors import (
 from rillet_runtime.app_state import LifespanState, Runtime
 from rillet_runtime.auth import open_authenticator
 from rillet_runtime.events import CheckpointCorrupt
-from rillet_runtime.graph import GraphDeps, load_graph
-from rillet_runtime.llm import build_chat_model
+from rillet_runtime.graph import graph_deps, load_graph
 from rillet_runtime.metrics import STREAM_CAPACITY
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings
@@ -53,15 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
             open_state(settings) as state,
             open_retriever(settings, state.embedding_cache) as retriever,
         ):
-            deps = GraphDeps(
-                model=build_chat_model(settings.model, http),
-                model_name=settings.model.name,
-                retriever=retriever,
-                response_cache=state.response_cache,
-                k=settings.retrieval.k,
-                score_threshold=settings.retrieval.score_threshold,
-                history_window=settings.state.history_window,
-            )
+            deps = graph_deps(settings, http, retriever, state.response_cache)
             runtime = Runtime(
                 settings=settings,
                 admission=admission,

@@ -29,8 +29,8 @@ from langgraph.types import Command, interrupt
 from redis.crc import key_slot
 
 from bench.checkpoint import history_graph
-from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
-from rillet_runtime.llm import build_chat_model
+from rillet_runtime.graph import graph_deps
+from rillet_runtime.graph.rag import build_rag_graph
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings, StateSettings
 from rillet_runtime.state import serializer
@@ -539,22 +539,13 @@ async def test_the_built_in_graph_needs_no_type_outside_the_allowlist(
     stores comes back as itself under the strict serializer, nothing blocked."""
     events: list[SerdeEvent] = []
     unregister = register_serde_event_listener(events.append)
-    settings = Settings()
+    settings = Settings(state={"history_window": 4})
     try:
         async with (
             httpx.AsyncClient() as http,
             open_retriever(settings) as retriever,
         ):
-            deps = GraphDeps(
-                model=build_chat_model(settings.model, http),
-                model_name=settings.model.name,
-                retriever=retriever,
-                response_cache=None,
-                k=settings.retrieval.k,
-                score_threshold=settings.retrieval.score_threshold,
-                history_window=4,
-            )
-            graph = build_rag_graph(deps, saver)
+            graph = build_rag_graph(graph_deps(settings, http, retriever), saver)
             config = {"configurable": {"thread_id": "built-in"}}
             for question in ("How do I install Rillet?", "hello", "How does it scale?"):
                 await graph.ainvoke({"messages": [HumanMessage(content=question)]}, config)

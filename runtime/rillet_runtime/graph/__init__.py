@@ -10,17 +10,40 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import httpx
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 
 from rillet_runtime.graph.rag import GraphDeps, build_rag_graph
+from rillet_runtime.llm import build_chat_model
+from rillet_runtime.retrieval import Retriever
+from rillet_runtime.settings import Settings
+from rillet_runtime.state import ResponseCache
 
-__all__ = ["GraphDeps", "GraphLoadError", "load_graph"]
+__all__ = ["GraphDeps", "GraphLoadError", "graph_deps", "load_graph"]
 
 
 class GraphLoadError(ValueError):
     pass
+
+
+def graph_deps(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    retriever: Retriever,
+    response_cache: ResponseCache | None = None,
+) -> GraphDeps:
+    """What a graph gets from the settings: the configured model, the retriever, k."""
+    return GraphDeps(
+        model=build_chat_model(settings.model, http),
+        model_name=settings.model.name,
+        retriever=retriever,
+        response_cache=response_cache,
+        k=settings.retrieval.k,
+        score_threshold=settings.retrieval.score_threshold,
+        history_window=settings.state.history_window,
+    )
 
 
 def _import_attribute(reference: str) -> Any:
