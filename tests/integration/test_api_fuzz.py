@@ -1,8 +1,7 @@
 """Schemathesis fuzzes every route of the runtime's own OpenAPI description against a real
 `rillet serve` (2 workers, API keys, the offline model), authenticated: no 5xx, and no
-response that breaks the schema (status, content type, headers, body). Schemathesis also
-replays each request without the credentials and expects a 401 (its `ignored_auth` check).
-The number of requests sent is printed; docs/security.md records it."""
+response that breaks the schema (status, content type, headers, body). The number of
+requests sent is printed; docs/security.md records it."""
 
 from __future__ import annotations
 
