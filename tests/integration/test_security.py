@@ -38,14 +38,25 @@ def bearer(principal: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[principal]}"}
 
 
-def read(url: str, path: str = "/v1/chat/stream", method: str = "POST", **kwargs: Any) -> Events:
+def read(
+    url: str,
+    path: str = "/v1/chat/stream",
+    method: str = "POST",
+    stop_after_tokens: int | None = None,
+    **kwargs: Any,
+) -> Events:
+    """A stream's events; with `stop_after_tokens`, the connection is cut there."""
     events: Events = []
     with (
         httpx.Client(timeout=60) as client,
         connect_sse(client, method, url + path, **kwargs) as source,
     ):
+        tokens = 0
         for sse in source.iter_sse():
             events.append((sse.id, sse.event, json.loads(sse.data)))
+            tokens += sse.event == "token"
+            if tokens == stop_after_tokens:
+                break
     return events
 
 
@@ -312,21 +323,7 @@ def test_a_client_that_leaves_early_still_pays_for_what_streamed(
         streaming__resumable="false",  # a resumable run goes on for a resumer: not cut
     )
     with rillet_server(module_tmp, workers=1, **settings) as limited:
-        with (
-            httpx.Client(timeout=60) as client,
-            connect_sse(
-                client,
-                "POST",
-                f"{limited.url}/v1/chat/stream",
-                json={"message": "hi"},
-                headers=bearer("alice"),
-            ) as source,
-        ):
-            tokens = 0
-            for sse in source.iter_sse():
-                tokens += sse.event == "token"
-                if tokens == 10:
-                    break  # the connection is cut here
+        read(limited.url, json={"message": "hi"}, headers=bearer("alice"), stop_after_tokens=10)
         time.sleep(1.5)  # the worker notices the disconnect, stops the run and charges it
         refused = httpx.post(
             f"{limited.url}/v1/chat", json={"message": "hi"}, headers=bearer("alice"), timeout=60
