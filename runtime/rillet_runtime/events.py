@@ -8,16 +8,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-EventName = Literal["metadata", "sources", "token", "done", "error"]
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
 class RunEvent:
+    """One SSE event: the native API's (metadata, sources, token, done, error) or LangGraph's
+    (metadata, values, updates, messages, custom, error, end)."""
+
     id: int
-    event: EventName
-    data: dict[str, Any]
+    event: str
+    data: Any
+
+
+def _to_json(value: Any) -> Any:
+    """What orjson cannot write itself: LangChain messages and other pydantic models
+    (as LangGraph's server writes them), anything else by its text."""
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else str(value)
+
+
+def dumps_data(data: Any) -> bytes:
+    return orjson.dumps(data, default=_to_json)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 from uuid import UUID
 
 import anyio
@@ -22,8 +22,9 @@ from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.constants import TAG_HIDDEN, TAG_NOSTREAM
 from langgraph.pregel import Pregel
+from langgraph.types import StreamMode
 
-from rillet_runtime.events import EventName, RunEvent, Usage, collecting_save_failures
+from rillet_runtime.events import RunEvent, Usage, collecting_save_failures
 from rillet_runtime.llm.errors import RunCancelled, classify_error
 from rillet_runtime.metrics import (
     INTER_TOKEN_LATENCY,
@@ -42,6 +43,52 @@ class Slot(Protocol):
     def release(self) -> None: ...
 
 
+@dataclass(slots=True)
+class ModelCall:
+    """One chat model call of the run, for a dialect that names where tokens came from."""
+
+    metadata: dict[str, Any]
+    namespace: tuple[str, ...]
+    message_id: str | None = None
+
+
+# What the run task puts on the queue: tokens (with their model call when the dialect asks),
+# other events as the dialect names them, the end, or the failure.
+_Token = tuple[Literal["token"], str, ModelCall | None]
+_Event = tuple[Literal["event"], str, Any]
+_End = tuple[Literal["end"], dict[str, Any], None]
+_Failed = tuple[Literal["failed"], BaseException, None]
+_Item = _Token | _Event | _End | _Failed
+
+
+class Dialect(Protocol):
+    """How one API writes a run: what it asks the graph to stream and how each piece
+    becomes an event. One instance per run (it may remember what it saw)."""
+
+    stream_mode: list[StreamMode]
+    names_model_calls: bool  # tokens carry their `ModelCall` (and coalesce per call)
+
+    def start(self, request: RunRequest) -> tuple[str, Any]: ...
+
+    def output(
+        self, namespace: tuple[str, ...], mode: str, chunk: Any, streamed: set[str]
+    ) -> list[_Token | _Event]:
+        """What the graph streamed (`astream(..., subgraphs=True)`), as queue items."""
+        ...
+
+    def token(self, text: str, call: ModelCall | None) -> tuple[str, Any]: ...
+
+    def chunk(self, message: Any, call: ModelCall) -> tuple[str, Any] | None:
+        """A streamed chunk that is more than text (a tool call); None: not written."""
+        ...
+
+    def end(
+        self, outcome: dict[str, Any], timings: dict[str, float | None]
+    ) -> list[tuple[str, Any]]: ...
+
+    def error(self, code: str, message: str, retryable: bool) -> tuple[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class RunRequest:
     graph: Pregel[Any, Any, Any, Any]
@@ -50,18 +97,13 @@ class RunRequest:
     thread_id: str
     run_id: str
     endpoint: str
+    dialect: Dialect = field(default_factory=lambda: NativeDialect())
+    # interrupt_before/after and the like, passed to `astream` as they are.
+    options: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.perf_counter)
     # Set by whoever stops the run (a cancel request, another run interrupting the thread).
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     usage: Usage = field(default_factory=Usage)
-
-
-# What the run task puts on the queue.
-_Token = tuple[Literal["token"], str]
-_Sources = tuple[Literal["sources"], list[dict[str, Any]]]
-_End = tuple[Literal["end"], dict[str, Any]]
-_Failed = tuple[Literal["failed"], BaseException]
-_Item = _Token | _Sources | _End | _Failed
 
 
 def _add_usage(total: dict[str, int], usage: Any) -> None:
@@ -85,11 +127,13 @@ class _TokenSink(AsyncCallbackHandler):
 
     run_inline = True  # awaited in place: no task and no gather per token
 
-    def __init__(self, queue: asyncio.Queue[_Item], usage: Usage) -> None:
+    def __init__(self, queue: asyncio.Queue[_Item], usage: Usage, dialect: Dialect) -> None:
         self.queue = queue
         self.usage = usage
+        self.dialect = dialect
         self.streamed_message_ids: set[str] = set()
         self._muted: set[UUID] = set()
+        self._calls: dict[UUID, ModelCall] = {}
 
     async def on_chat_model_start(
         self,
@@ -98,10 +142,15 @@ class _TokenSink(AsyncCallbackHandler):
         *,
         run_id: UUID,
         tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if tags and (TAG_NOSTREAM in tags or TAG_HIDDEN in tags):
             self._muted.add(run_id)
+        elif self.dialect.names_model_calls:
+            metadata = {"tags": tags or [], "name": kwargs.get("name"), **(metadata or {})}
+            namespace = str(metadata.get("langgraph_checkpoint_ns", "")).split("|")[:-1]
+            self._calls[run_id] = ModelCall(metadata, tuple(namespace))
 
     async def on_llm_new_token(
         self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
@@ -109,17 +158,25 @@ class _TokenSink(AsyncCallbackHandler):
         if run_id in self._muted:
             return
         message = getattr(chunk, "message", None)
+        call = self._calls.get(run_id)
         if message is not None:
             _add_usage(self.usage.reported, message.usage_metadata)
             if message.id:
                 self.streamed_message_ids.add(message.id)
+                if call is not None:
+                    call.message_id = message.id
+            if call is not None and getattr(message, "tool_call_chunks", None):
+                if (event := self.dialect.chunk(message, call)) is not None:
+                    await self.queue.put(("event", *event))
+                return
         text = str(message.text) if message is not None else str(token or "")
         if text:
             self.usage.streamed_chunks += 1
-            await self.queue.put(("token", text))
+            await self.queue.put(("token", text, call))
 
     async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._muted.discard(run_id)
+        self._calls.pop(run_id, None)
 
     def tap_output_aiter(self, run_id: UUID, output: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return output
@@ -128,52 +185,84 @@ class _TokenSink(AsyncCallbackHandler):
         return output
 
 
-def _unstreamed_answers(update: dict[str, Any], streamed: set[str]) -> list[str]:
+def unstreamed_answers(update: dict[str, Any], streamed: set[str]) -> list[AIMessage]:
     """Answers a node returned without streaming them (a cached answer, a non-streaming model)."""
     messages = update.get("messages", [])
     messages = messages if isinstance(messages, list) else [messages]
-    return [
-        str(m.text)
-        for m in messages
-        if isinstance(m, AIMessage) and m.id not in streamed and m.text
-    ]
+    return [m for m in messages if isinstance(m, AIMessage) and m.id not in streamed and m.text]
+
+
+class NativeDialect:
+    """The native API's events: metadata, sources, token..., then done or error."""
+
+    names_model_calls = False
+
+    def __init__(self) -> None:
+        self.stream_mode: list[StreamMode] = ["updates"]
+        self.finish_reason = "stop"
+
+    def start(self, request: RunRequest) -> tuple[str, Any]:
+        return "metadata", {"thread_id": request.thread_id, "run_id": request.run_id}
+
+    def output(
+        self, namespace: tuple[str, ...], mode: str, chunk: Any, streamed: set[str]
+    ) -> list[_Token | _Event]:
+        items: list[_Token | _Event] = []
+        for node, update in chunk.items() if isinstance(chunk, dict) else ():
+            if node == "__interrupt__":
+                self.finish_reason = "interrupted"
+            elif isinstance(update, dict):
+                if update.get("sources"):
+                    items.append(("event", "sources", {"sources": list(update["sources"])}))
+                items += [
+                    ("token", str(m.text), None) for m in unstreamed_answers(update, streamed)
+                ]
+        return items
+
+    def token(self, text: str, call: ModelCall | None) -> tuple[str, Any]:
+        return "token", {"text": text}
+
+    def chunk(self, message: Any, call: ModelCall) -> tuple[str, Any] | None:
+        return None
+
+    def end(
+        self, outcome: dict[str, Any], timings: dict[str, float | None]
+    ) -> list[tuple[str, Any]]:
+        return [("done", {"finish_reason": self.finish_reason, **outcome, "timings": timings})]
+
+    def error(self, code: str, message: str, retryable: bool) -> tuple[str, Any]:
+        return "error", {"code": code, "message": message, "retryable": retryable}
 
 
 async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
-    sink = _TokenSink(queue, request.usage)
+    dialect = request.dialect
+    sink = _TokenSink(queue, request.usage, dialect)
     config: RunnableConfig = {
         **request.config,
         "callbacks": [*(request.config.get("callbacks") or []), sink],  # type: ignore[misc]
     }
-    finish_reason = "stop"
     try:
         with collecting_save_failures() as save_failures:
-            async for _namespace, update_by_node in request.graph.astream(
-                request.graph_input, config, stream_mode="updates", subgraphs=True
+            async for part in request.graph.astream(
+                request.graph_input,
+                config,
+                stream_mode=dialect.stream_mode,
+                subgraphs=True,
+                **request.options,
             ):
-                if not isinstance(update_by_node, dict):
-                    continue
-                for node, update in update_by_node.items():
-                    if node == "__interrupt__":
-                        finish_reason = "interrupted"
-                    elif isinstance(update, dict):
-                        if update.get("sources"):
-                            await queue.put(("sources", list(update["sources"])))
-                        for text in _unstreamed_answers(update, sink.streamed_message_ids):
-                            await queue.put(("token", text))
+                namespace, mode, chunk = cast(tuple[tuple[str, ...], str, Any], part)
+                for item in dialect.output(namespace, mode, chunk, sink.streamed_message_ids):
+                    await queue.put(item)
         if save_failures:
             log.warning("run %s: state not saved: %r", request.run_id, save_failures[0])
-        end = {
-            "finish_reason": finish_reason,
-            "usage": sink.usage.reported,
-            "state_saved": not save_failures,
-        }
-        await queue.put(("end", end))
+        await queue.put(
+            ("end", {"usage": sink.usage.reported, "state_saved": not save_failures}, None)
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.exception("run %s failed", request.run_id)
-        await queue.put(("failed", exc))
+        await queue.put(("failed", exc, None))
 
 
 async def _stop_when_cancelled(
@@ -182,7 +271,7 @@ async def _stop_when_cancelled(
     await cancel.wait()
     if not task.done():
         task.cancel()
-        await queue.put(("failed", RunCancelled()))
+        await queue.put(("failed", RunCancelled(), None))
 
 
 async def run_events(
@@ -191,7 +280,8 @@ async def run_events(
     max_seconds: float,
     slot: Slot,
 ) -> AsyncGenerator[RunEvent]:
-    """Yield metadata, sources, coalesced tokens, then done or error; always ends."""
+    """Yield the dialect's events: its start, coalesced tokens and the rest as the graph
+    streams them, then its end or an error; always ends."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=settings.queue_max_events)
     task = asyncio.create_task(_run_graph(request, queue), name=f"run-{request.run_id}")
@@ -202,11 +292,13 @@ async def run_events(
     outcome = "client_disconnected"
     first_token_at: float | None = None
     last_token_at = 0.0
+    dialect = request.dialect
     buffer: list[str] = []
     buffered = 0
+    buffered_call: ModelCall | None = None
     flush_at = 0.0
 
-    def event(name: EventName, data: dict[str, Any]) -> RunEvent:
+    def event(name: str, data: Any) -> RunEvent:
         nonlocal seq
         seq += 1
         return RunEvent(seq, name, data)
@@ -223,10 +315,10 @@ async def run_events(
         text = "".join(buffer)
         buffer.clear()
         buffered = 0
-        return event("token", {"text": text})
+        return event(*dialect.token(text, buffered_call))
 
     try:
-        yield event("metadata", {"thread_id": request.thread_id, "run_id": request.run_id})
+        yield event(*dialect.start(request))
         while True:
             now = loop.time()
             wait_until = min(flush_at, deadline) if buffer else deadline
@@ -235,9 +327,7 @@ async def run_events(
                     yield token_event()
                     continue
                 outcome = "timeout"
-                yield event(
-                    "error", {"code": "stream_timeout", "message": "the stream ran past its limit"}
-                )
+                yield event(*dialect.error("stream_timeout", "the stream ran past its limit", True))
                 return
             if queue.empty():
                 try:
@@ -247,11 +337,14 @@ async def run_events(
                     continue
             else:
                 item = queue.get_nowait()  # the common case under load: no timer needed
-            kind, value = item
-            if isinstance(value, str):
+            if item[0] == "token":
+                _, text, call = item
                 TOKENS_STREAMED.labels(request.endpoint).inc()
-                buffer.append(value)
-                buffered += len(value)
+                if buffer and call is not buffered_call:  # another model call: its own event
+                    yield token_event()
+                buffered_call = call
+                buffer.append(text)
+                buffered += len(text)
                 if first_token_at is None or buffered >= settings.coalesce_max_chars:
                     yield token_event()
                 elif len(buffer) == 1:
@@ -259,29 +352,22 @@ async def run_events(
                 continue
             if buffer:
                 yield token_event()
-            if kind == "sources" and isinstance(value, list):
-                yield event("sources", {"sources": value})
-            elif kind == "end" and isinstance(value, dict):
+            if item[0] == "event":
+                yield event(item[1], item[2])
+            elif item[0] == "end":
                 outcome = "completed"
                 ttft = None if first_token_at is None else first_token_at - request.started_at
-                yield event(
-                    "done",
-                    {
-                        **value,
-                        "timings": {
-                            "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
-                            "total_ms": round((time.perf_counter() - request.started_at) * 1000, 2),
-                        },
-                    },
-                )
+                timings = {
+                    "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
+                    "total_ms": round((time.perf_counter() - request.started_at) * 1000, 2),
+                }
+                for name, data in dialect.end(item[1], timings):
+                    yield event(name, data)
                 return
-            elif isinstance(value, BaseException):
-                info = classify_error(value)
+            else:
+                info = classify_error(item[1])
                 outcome = "error"
-                yield event(
-                    "error",
-                    {"code": info.code, "message": info.message, "retryable": info.retryable},
-                )
+                yield event(*dialect.error(info.code, info.message, info.retryable))
                 return
     finally:
         stopper.cancel()

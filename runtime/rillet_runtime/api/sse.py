@@ -7,16 +7,15 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import anyio
-import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from rillet_runtime.events import RunEvent
+from rillet_runtime.events import RunEvent, dumps_data
 
 
 def to_sse(event: RunEvent) -> ServerSentEvent:
     return ServerSentEvent(
-        data=orjson.dumps(event.data).decode(), event=event.event, id=str(event.id), sep="\n"
+        data=dumps_data(event.data).decode(), event=event.event, id=str(event.id), sep="\n"
     )
 
 

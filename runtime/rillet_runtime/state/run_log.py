@@ -21,7 +21,7 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
-from rillet_runtime.events import RunEvent
+from rillet_runtime.events import RunEvent, dumps_data
 from rillet_runtime.settings import StreamingSettings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class RunLog:
         for event in batch:
             pipe.xadd(
                 events,
-                {"e": event.event, "d": orjson.dumps(event.data)},
+                {"e": event.event, "d": dumps_data(event.data)},
                 id=f"{event.id}-0",
                 maxlen=self.max_events,
                 approximate=True,
