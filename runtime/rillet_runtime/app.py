@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
 from rillet_runtime.admission import Admission
-from rillet_runtime.api import chat, docs, openai_compat, ops, runs
+from rillet_runtime.api import chat, docs, langgraph, openai_compat, ops, runs
 from rillet_runtime.api.errors import (
     BodyLimitMiddleware,
     http_exception_handler,
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
             open_authenticator(settings.auth, http) as authenticator,
             open_state(settings) as state,
             open_retriever(settings, state.embedding_cache) as retriever,
+            admission.watching_drain_file(),
         ):
             deps = graph_deps(settings, http, retriever, state.response_cache)
             runtime = Runtime(
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
                 limiter=state.limiter,
                 runs=state.runs,
                 run_log=state.run_log,
+                threads=state.threads,
             )
             # Everything built so far (imported libraries, models, the corpus) lives as
             # long as the worker: out of the collector's sight, a full collection no
@@ -92,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(runs.router)
     app.include_router(openai_compat.router)
+    app.include_router(langgraph.router)
     app.include_router(ops.router)
     if settings.server.docs:
         app.include_router(docs.router)

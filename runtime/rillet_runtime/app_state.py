@@ -14,6 +14,7 @@ from rillet_runtime.settings import Settings
 from rillet_runtime.state.limits import Limiter
 from rillet_runtime.state.run_log import RunLog
 from rillet_runtime.state.runs import RunRegistry
+from rillet_runtime.state.threads import ThreadStore
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,13 @@ class Runtime:
     checkpointer: BaseCheckpointSaver[Any]
     limiter: Limiter
     runs: RunRegistry
-    run_log: RunLog | None  # set when runs are resumable (Redis state)
+    run_log: RunLog  # on Redis (shared by every worker) or in the worker
+    threads: ThreadStore
+
+    @property
+    def resumable(self) -> bool:
+        """Native streams are logged for resuming from any worker (Redis state)."""
+        return self.run_log.shared and self.settings.streaming.resumable
 
 
 class LifespanState(TypedDict):

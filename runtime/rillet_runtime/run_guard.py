@@ -22,7 +22,7 @@ from rillet_runtime.state.limits import Limiter, Refusal
 from rillet_runtime.state.runs import RunRegistry
 
 # Named like LangGraph's `multitask_strategy`: what a run on a busy thread does.
-MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 RENEW_SECONDS = 1.0
 
 
@@ -31,7 +31,7 @@ class ThreadBusy(Exception):
 
 
 class ClientGone(Exception):
-    """The client left while its run waited for the thread."""
+    """The client left (or the run was cancelled) while it waited for the thread."""
 
 
 class OverLimit(Exception):
@@ -50,6 +50,7 @@ class RunGuard:
     cancel: asyncio.Event
     usage: Usage
     taken: bool = False
+    interrupted: str | None = None  # the run this one stopped to take the thread
     _renewer: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def _keep_alive(self) -> None:
@@ -110,13 +111,14 @@ async def _claim(
         return
     if strategy == "reject" or thread_key is None:
         raise ThreadBusy()
-    if strategy == "interrupt" and (holder := await registry.holder(thread_key)):
+    if strategy in ("interrupt", "rollback") and (holder := await registry.holder(thread_key)):
         await registry.request_cancel(holder)
+        guard.interrupted = holder
     deadline, pause = time.monotonic() + wait_seconds, 0.05
     while not await registry.claim(thread_key, guard.stream_id, guard.principal_key):
         if time.monotonic() >= deadline:
             raise ThreadBusy()
-        if await client_gone():
+        if guard.cancel.is_set() or await client_gone():
             raise ClientGone()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.5)

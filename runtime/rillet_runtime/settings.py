@@ -351,6 +351,11 @@ class Settings(BaseSettings):
     graph: str | None = Field(
         None, description="`module:attribute` of the user's graph; unset: the built-in RAG graph"
     )
+    graph_id: str = Field(
+        "agent",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="the graph's name for LangGraph's clients (`assistant_id`, `graph_id`)",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)

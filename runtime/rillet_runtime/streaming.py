@@ -66,7 +66,11 @@ class Dialect(Protocol):
     becomes an event. One instance per run (it may remember what it saw)."""
 
     stream_mode: list[StreamMode]
-    names_model_calls: bool  # tokens carry their `ModelCall` (and coalesce per call)
+    streams_tokens: bool
+
+    def model_call(self, metadata: dict[str, Any]) -> ModelCall | None:
+        """A chat model call starts; what its tokens carry (and coalesce by), if anything."""
+        ...
 
     def start(self, request: RunRequest) -> tuple[str, Any]: ...
 
@@ -147,10 +151,10 @@ class _TokenSink(AsyncCallbackHandler):
     ) -> None:
         if tags and (TAG_NOSTREAM in tags or TAG_HIDDEN in tags):
             self._muted.add(run_id)
-        elif self.dialect.names_model_calls:
+        else:
             metadata = {"tags": tags or [], "name": kwargs.get("name"), **(metadata or {})}
-            namespace = str(metadata.get("langgraph_checkpoint_ns", "")).split("|")[:-1]
-            self._calls[run_id] = ModelCall(metadata, tuple(namespace))
+            if (call := self.dialect.model_call(metadata)) is not None:
+                self._calls[run_id] = call
 
     async def on_llm_new_token(
         self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
@@ -172,7 +176,8 @@ class _TokenSink(AsyncCallbackHandler):
         text = str(message.text) if message is not None else str(token or "")
         if text:
             self.usage.streamed_chunks += 1
-            await self.queue.put(("token", text, call))
+            if self.dialect.streams_tokens:
+                await self.queue.put(("token", text, call))
 
     async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._muted.discard(run_id)
@@ -195,11 +200,14 @@ def unstreamed_answers(update: dict[str, Any], streamed: set[str]) -> list[AIMes
 class NativeDialect:
     """The native API's events: metadata, sources, token..., then done or error."""
 
-    names_model_calls = False
+    streams_tokens = True
 
     def __init__(self) -> None:
         self.stream_mode: list[StreamMode] = ["updates"]
         self.finish_reason = "stop"
+
+    def model_call(self, metadata: dict[str, Any]) -> ModelCall | None:
+        return None  # every token is plain text, coalesced across calls
 
     def start(self, request: RunRequest) -> tuple[str, Any]:
         return "metadata", {"thread_id": request.thread_id, "run_id": request.run_id}

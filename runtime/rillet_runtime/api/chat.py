@@ -20,6 +20,8 @@ from rillet_runtime.api.deps import (
     StartedRun,
     collect,
     get_principal,
+    new_run,
+    remove_thread,
     start_run,
     thread_key,
 )
@@ -83,14 +85,9 @@ async def _start(
     check_input([body.message], runtime.settings.limits, "message")
     graph_input = {"messages": [HumanMessage(content=body.message)]}
     thread_id = body.thread_id or uuid.uuid4().hex
+    run = new_run(runtime, principal, graph_input, thread_id, endpoint)
     return await start_run(
-        runtime,
-        request,
-        principal,
-        graph_input,
-        thread_id,
-        endpoint,
-        strategy=body.multitask_strategy,
+        runtime, request.is_disconnected, principal, run, strategy=body.multitask_strategy
     )
 
 
@@ -106,7 +103,7 @@ async def chat_stream(
     """Stream an answer as SSE events: metadata, sources, token..., then done or error."""
     started = await _start(runtime, request, principal, body, "chat_stream")
     heartbeat = runtime.settings.streaming.heartbeat_seconds
-    if runtime.run_log is None:
+    if not runtime.resumable:
         return ClosingEventSourceResponse(sse_events(started.events), started.close, heartbeat)
     # Resumable: the run belongs to the worker, not to this connection.
     origin: asyncio.Queue[RunEvent | None] = asyncio.Queue(
@@ -173,11 +170,5 @@ async def delete_thread(
 ) -> Response:
     with contextlib.suppress(CheckpointCorrupt):  # a damaged thread can still be deleted
         await _existing_thread_state(runtime, principal, thread_id)
-    thread, deletion = thread_key(principal, thread_id), f"delete-{uuid.uuid4()}"
-    if not await runtime.runs.claim(thread, deletion, principal.key):  # a run would save on
-        raise ApiError(409, "thread_busy", "the thread has a run in progress", param="thread_id")
-    try:
-        await runtime.checkpointer.adelete_thread(thread)
-    finally:
-        await runtime.runs.release(thread, deletion)
+    await remove_thread(runtime, principal, thread_id)
     return Response(status_code=204)

@@ -9,7 +9,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -34,7 +34,8 @@ from rillet_runtime.run_guard import (
     take_guard,
 )
 from rillet_runtime.state.limits import Refusal
-from rillet_runtime.streaming import RunRequest, run_events
+from rillet_runtime.state.threads import scoped
+from rillet_runtime.streaming import Dialect, NativeDialect, RunRequest, run_events
 
 # Error codes of a failed run, as the status of a non-streaming answer.
 _STATUS_BY_CODE = {
@@ -71,9 +72,29 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def thread_key(principal: Principal, thread_id: str) -> str:
-    """Where a client's thread id lives: inside its principal's scope, so another principal
-    naming the same id reaches a thread of its own, never this one."""
-    return f"{principal.key}/{thread_id}"
+    return scoped(principal.key, thread_id)
+
+
+@contextlib.asynccontextmanager
+async def holding_thread(
+    runtime: Runtime, principal: Principal, thread_id: str
+) -> AsyncIterator[str]:
+    """The thread's lease for a change made outside a run (a delete, a state update), so no
+    run saves over it meanwhile: 409 while a run holds it. Yields the thread's key."""
+    thread, holder = thread_key(principal, thread_id), f"edit-{uuid.uuid4()}"
+    if not await runtime.runs.claim(thread, holder, principal.key):
+        raise ApiError(409, "thread_busy", "the thread has a run in progress", param="thread_id")
+    try:
+        yield thread
+    finally:
+        await runtime.runs.release(thread, holder)
+
+
+async def remove_thread(runtime: Runtime, principal: Principal, thread_id: str) -> None:
+    """Its checkpoints and its records (runs, metadata), once no run holds it."""
+    async with holding_thread(runtime, principal, thread_id) as thread:
+        await runtime.checkpointer.adelete_thread(thread)
+        await runtime.threads.delete_thread(principal.key, thread_id)
 
 
 def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
@@ -95,11 +116,25 @@ def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
 
 
 def new_run(
-    runtime: Runtime, principal: Principal, graph_input: Any, thread_id: str, endpoint: str
+    runtime: Runtime,
+    principal: Principal,
+    graph_input: Any,
+    thread_id: str,
+    endpoint: str,
+    *,
+    dialect: Dialect | None = None,
+    config: RunnableConfig | None = None,
+    options: dict[str, Any] | None = None,
 ) -> RunRequest:
+    """A run of the pod's graph on the principal's thread; `config` is the client's own
+    (tags, recursion limit, configurable values): what identifies the run and the thread
+    is set here, over it."""
     run_id = uuid.uuid4()
-    config: RunnableConfig = {
+    config = config or {}
+    run_config: RunnableConfig = {
+        **config,
         "configurable": {
+            **config.get("configurable", {}),
             "thread_id": thread_key(principal, thread_id),
             "principal": principal.key,
             # run_id in `configurable` too: checkpoint metadata records it (delete_for_runs).
@@ -111,10 +146,12 @@ def new_run(
     return RunRequest(
         graph=runtime.graph,
         graph_input=graph_input,
-        config=config,
+        config=run_config,
         thread_id=thread_id,
         run_id=str(run_id),
         endpoint=endpoint,
+        dialect=dialect or NativeDialect(),
+        options=options or {},
     )
 
 
@@ -155,19 +192,19 @@ def _over_limit(refusal: Refusal, endpoint: str) -> ApiError:
 
 async def admit(
     runtime: Runtime,
-    request: Request,
+    client_gone: Callable[[], Awaitable[bool]],
     guard: RunGuard,
     endpoint: str,
     strategy: MultitaskStrategy = "reject",
+    slot: StreamSlot | None = None,
 ) -> StreamSlot:
-    """The worker's capacity, the principal's limits, the thread's lease (when the guard
-    names one), or 503, 429 or 409; nothing is held after a refusal."""
+    """The worker's capacity (unless `slot` was taken already), the principal's limits,
+    the thread's lease (when the guard names one), or 503, 429 or 409; nothing is held
+    after a refusal."""
     settings = runtime.settings
-    slot = admit_stream(runtime, endpoint)
+    slot = slot or admit_stream(runtime, endpoint)
     try:
-        await take_guard(
-            guard, strategy, settings.server.max_stream_seconds, request.is_disconnected
-        )
+        await take_guard(guard, strategy, settings.server.max_stream_seconds, client_gone)
     except OverLimit as exc:
         raise _over_limit(exc.refusal, endpoint) from None
     except ThreadBusy:
@@ -188,6 +225,21 @@ async def admit(
         if not guard.taken:
             slot.release()
     return slot
+
+
+async def admit_follower(
+    runtime: Runtime, request: Request, principal: Principal, events: AsyncGenerator[RunEvent]
+) -> Admitted:
+    """A follower of a logged run is a stream like any other: it takes a worker slot and a
+    share of the principal's limits, so reconnects cannot exhaust the worker or its Redis
+    pool."""
+    guard = guard_for(runtime, principal, f"follow-{uuid.uuid4()}")
+    try:
+        slot = await admit(runtime, request.is_disconnected, guard, "resume")
+    except BaseException:
+        await events.aclose()
+        raise
+    return Admitted(guarded(events, guard), slot, guard)
 
 
 def guard_for(
@@ -211,21 +263,26 @@ def guard_for(
 
 async def start_run(
     runtime: Runtime,
-    request: Request,
+    client_gone: Callable[[], Awaitable[bool]],
     principal: Principal,
-    graph_input: Any,
-    thread_id: str,
-    endpoint: str,
+    run: RunRequest,
     *,
     strategy: MultitaskStrategy = "reject",
     throwaway_thread: bool = False,
+    slot: StreamSlot | None = None,
 ) -> StartedRun:
     """An admitted run (see `admit`), ready to stream."""
     settings = runtime.settings
-    run = new_run(runtime, principal, graph_input, thread_id, endpoint)
-    thread = None if throwaway_thread else thread_key(principal, thread_id)
+    thread = None if throwaway_thread else thread_key(principal, run.thread_id)
     guard = guard_for(runtime, principal, run.run_id, thread, run.usage, run.cancel)
-    slot = await admit(runtime, request, guard, endpoint, strategy)
+    slot = await admit(runtime, client_gone, guard, run.endpoint, strategy, slot)
+    if strategy == "rollback" and guard.interrupted is not None:
+        try:  # the stopped run never happened: its checkpoints go
+            await runtime.checkpointer.adelete_for_runs([guard.interrupted])
+        except BaseException:
+            await guard.release()
+            slot.release()
+            raise
     events = run_events(run, settings.streaming, settings.server.max_stream_seconds, slot)
     return StartedRun(guarded(events, guard), slot, guard, request=run)
 

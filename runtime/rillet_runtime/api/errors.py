@@ -1,7 +1,8 @@
 """Clear errors: the right status, the field named, never a stack trace.
 
-One body shape everywhere, `{"error": {"code", "message", "type", "param"}}`, which is
-also what OpenAI SDKs parse, so the compatible endpoints need no second format.
+One body shape everywhere, `{"error": {"code", "message", "type", "param"}, "detail"}`:
+`error` is what OpenAI SDKs parse and `detail` (the message again) what LangGraph's SDKs
+show, so neither compatible API needs a format of its own.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class ErrorBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     error: ErrorDetail
+    detail: str
 
 
 _DESCRIPTIONS = {
@@ -85,7 +87,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
     kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return {"error": {"code": code, "message": message, "type": kind, "param": param}}
+    return {
+        "error": {"code": code, "message": message, "type": kind, "param": param},
+        "detail": message,
+    }
 
 
 def error_response(

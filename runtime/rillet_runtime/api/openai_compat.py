@@ -24,6 +24,7 @@ from rillet_runtime.api.deps import (
     RuntimeDep,
     collect,
     get_principal,
+    new_run,
     start_run,
     thread_key,
 )
@@ -186,14 +187,10 @@ async def chat_completions(
         )
     check_input([m.text() for m in body.messages], runtime.settings.limits, "messages")
     # `user` is the client's end-user tag, never whose data is touched: that is the principal.
+    graph_input = {"messages": to_langchain(body.messages)}
+    run = new_run(runtime, principal, graph_input, f"oai-{uuid.uuid4().hex}", "chat_completions")
     started = await start_run(
-        runtime,
-        request,
-        principal,
-        {"messages": to_langchain(body.messages)},
-        f"oai-{uuid.uuid4().hex}",
-        "chat_completions",
-        throwaway_thread=True,
+        runtime, request.is_disconnected, principal, run, throwaway_thread=True
     )
     thread = thread_key(principal, started.request.thread_id)
     if body.stream:

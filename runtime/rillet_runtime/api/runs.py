@@ -3,25 +3,21 @@ one. A run belongs to the principal that started it; anyone else gets 404."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from sse_starlette import EventSourceResponse
 
 from rillet_runtime.api.deps import (
-    Admitted,
     PrincipalDep,
     RuntimeDep,
-    admit,
+    admit_follower,
     get_principal,
-    guard_for,
 )
 from rillet_runtime.api.errors import ERROR_RESPONSES, ApiError
 from rillet_runtime.api.sse import ClosingEventSourceResponse, sse_events
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
-from rillet_runtime.run_guard import guarded
 
 router = APIRouter(
     prefix="/v1", tags=["runs"], dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES
@@ -46,10 +42,8 @@ async def resume_stream(
     principal: PrincipalDep,
     last_event_id: LastEventId = "",
 ) -> EventSourceResponse:
-    """Replay a run's events after `Last-Event-ID`, then follow it live, from any worker.
-    A follower is a stream like any other: it takes a worker slot and a share of the
-    principal's limits, so reconnects cannot exhaust the worker or its Redis pool."""
-    if runtime.run_log is None:
+    """Replay a run's events after `Last-Event-ID`, then follow it live, from any worker."""
+    if not runtime.resumable:
         raise ApiError(404, "resume_unavailable", "resumable streams need the Redis state store")
     await _own_run(runtime, principal, run_id)
     events = await runtime.run_log.follow(run_id, int(last_event_id or 0))
@@ -57,13 +51,7 @@ async def resume_stream(
         raise ApiError(
             404, "run_not_found", f"run {run_id!r} is unknown or expired", param="run_id"
         )
-    guard = guard_for(runtime, principal, f"follow-{uuid.uuid4()}")
-    try:
-        slot = await admit(runtime, request, guard, "resume")
-    except BaseException:
-        await events.aclose()
-        raise
-    followed = Admitted(guarded(events, guard), slot, guard)
+    followed = await admit_follower(runtime, request, principal, events)
     heartbeat = runtime.settings.streaming.heartbeat_seconds
     return ClosingEventSourceResponse(sse_events(followed.events), followed.close, heartbeat)
 

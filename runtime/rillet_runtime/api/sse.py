@@ -46,8 +46,9 @@ class ClosingEventSourceResponse(EventSourceResponse):
         content: AsyncIterator[ServerSentEvent],
         close: Callable[[], Awaitable[None]],
         ping: float,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(content, ping=ping, sep="\n")
+        super().__init__(content, ping=ping, sep="\n", headers=headers)
         self._close = close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,12 +2,12 @@
 
 Memory is the embedded default (`make run`, tests); Redis serves production. The app and
 the graphs only see a checkpointer, a response cache, the per-principal limits, the run
-registry (thread leases, run owners, cancel requests) and (with Redis) a run log.
+registry (thread leases, run owners, cancel requests), the run log and the thread records.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +34,9 @@ from rillet_runtime.state.caches import (
 )
 from rillet_runtime.state.checkpoint import RedisCheckpointSaver, strict_serializer
 from rillet_runtime.state.limits import Limiter, MemoryLimiter, RedisLimiter
-from rillet_runtime.state.run_log import RunLog
+from rillet_runtime.state.run_log import RunLog, open_run_log
 from rillet_runtime.state.runs import LEASE_MS, MemoryRunRegistry, RedisRunRegistry, RunRegistry
+from rillet_runtime.state.threads import MemoryThreadStore, RedisThreadStore, ThreadStore
 
 __all__ = [
     "RedisCheckpointSaver",
@@ -66,7 +67,16 @@ class _TimedSaver(BaseCheckpointSaver[Any]):
 
 
 class TimedMemorySaver(_TimedSaver, InMemorySaver):
-    pass
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """What a `rollback` needs and InMemorySaver lacks: forget the checkpoints (and
+        their pending writes) that these runs wrote."""
+        doomed = set(run_ids)
+        for thread_id, namespaces in self.storage.items():
+            for namespace, checkpoints in namespaces.items():
+                for checkpoint_id, (_, metadata, _) in list(checkpoints.items()):
+                    if self.serde.loads_typed(metadata).get("run_id") in doomed:
+                        del checkpoints[checkpoint_id]
+                        self.writes.pop((thread_id, namespace, checkpoint_id), None)
 
 
 class TimedRedisSaver(_TimedSaver, RedisCheckpointSaver):
@@ -80,7 +90,8 @@ class StateBackends:
     embedding_cache: RedisEmbeddingCache | None
     limiter: Limiter
     runs: RunRegistry
-    run_log: RunLog | None  # set when runs are resumable (Redis state)
+    run_log: RunLog  # on Redis (shared by every worker) or in the worker
+    threads: ThreadStore  # threads and runs as LangGraph's API lists them
 
 
 def serializer(settings: StateSettings) -> JsonPlusSerializer:
@@ -101,14 +112,19 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
             if settings.response_cache
             else None
         )
-        yield StateBackends(
-            checkpointer=TimedMemorySaver(serde=serializer(settings)),
-            response_cache=cache,
-            embedding_cache=None,
-            limiter=MemoryLimiter(all_settings.limits),
-            runs=MemoryRunRegistry(),
-            run_log=None,
-        )
+        run_log = open_run_log(None, streaming)
+        try:
+            yield StateBackends(
+                checkpointer=TimedMemorySaver(serde=serializer(settings)),
+                response_cache=cache,
+                embedding_cache=None,
+                limiter=MemoryLimiter(all_settings.limits),
+                runs=MemoryRunRegistry(),
+                run_log=run_log,
+                threads=MemoryThreadStore(),
+            )
+        finally:
+            await run_log.aclose()
         return
 
     assert settings.redis_url is not None  # enforced by StateSettings
@@ -123,7 +139,7 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
         serde=serializer(settings),
     )
     client = saver.client
-    run_log = RunLog.for_settings(client, streaming)
+    run_log = open_run_log(client, streaming)
     try:
         yield StateBackends(
             checkpointer=saver,
@@ -136,8 +152,8 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
             limiter=RedisLimiter(client, all_settings.limits, stream_ttl_ms=LEASE_MS),
             runs=RedisRunRegistry(client, record_ms=int(streaming.resume_ttl_seconds * 1000)),
             run_log=run_log,
+            threads=RedisThreadStore(client, int(settings.checkpoint_ttl_seconds * 1000) or None),
         )
     finally:
-        if run_log is not None:
-            await run_log.aclose()
+        await run_log.aclose()
         await saver.aclose()

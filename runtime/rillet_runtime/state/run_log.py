@@ -1,10 +1,12 @@
-"""Resumable streams: every run's events in a Redis stream, replayable from any worker.
+"""Resumable streams: every run's events in a log, replayable and followed live.
 
-The worker running a run appends each event under its own id (`<seq>-0`) and keeps an
-owner key alive. A client that lost its connection asks any worker for
-`GET /v1/runs/{run_id}/stream` with `Last-Event-ID`: it replays what it missed, then follows
-live. If the owner key lapses before a terminal event, the run's process died: the reader
-ends with `run_interrupted` instead of waiting forever.
+With Redis the log is a Redis stream, readable from any worker: the worker running a run
+appends each event under its own id (`<seq>-0`) and keeps an owner key alive. A client
+that lost its connection asks any worker for the run's stream with `Last-Event-ID`: it
+replays what it missed, then follows live. If the owner key lapses before a terminal
+event, the run's process died: the reader ends with `run_interrupted` instead of waiting
+forever. Without Redis the log lives in the worker (background runs and rejoins of
+LangGraph's API need one even on `make run`).
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import redis
-import redis.asyncio as aredis
 
 from rillet_runtime.events import RunEvent, dumps_data
 from rillet_runtime.settings import StreamingSettings
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"done", "error"})
+TERMINAL = frozenset({"done", "error", "end"})
 _OWNER_TTL_MS = 3000
 _BEAT_SECONDS = 1.0
 
@@ -49,30 +51,141 @@ def interrupted_event(last_id: int) -> RunEvent:
             "code": "run_interrupted",
             "message": "the process running this run stopped; start a new run",
             "retryable": True,
+            "error": "RunInterrupted",  # the name LangGraph's clients read
         },
     )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _nothing() -> AsyncGenerator[RunEvent]:
+    return
+    yield  # an async generator that ends at once
+
+
 @dataclass
-class RunLog:
-    client: Any  # redis.asyncio.Redis or RedisCluster
+class RunLog(ABC):
+    """Where runs publish their events and followers read them; `shared` when any worker
+    (or pod) can follow a run another one runs."""
+
     ttl_ms: int
     max_events: int
     grace_seconds: float
     _detached: set[asyncio.Task[None]] = field(default_factory=set)
 
-    @classmethod
-    def for_settings(
-        cls, client: aredis.Redis | aredis.RedisCluster, settings: StreamingSettings
-    ) -> RunLog | None:
-        if not settings.resumable:
-            return None
-        return cls(
-            client,
-            int(settings.resume_ttl_seconds * 1000),
-            settings.resume_max_events,
-            settings.resume_grace_seconds,
-        )
+    shared: ClassVar[bool]
+
+    @abstractmethod
+    async def append(self, run_id: str, *batch: RunEvent) -> None: ...
+
+    @abstractmethod
+    async def beat(self, run_id: str) -> bool:
+        """Keep the run known to be alive; True while some follower is reading."""
+
+    @abstractmethod
+    async def follow(
+        self, run_id: str, last_event_id: int | None
+    ) -> AsyncGenerator[RunEvent] | None:
+        """Replay after `last_event_id` (None: from now on), then follow; None when the run
+        is unknown."""
+
+    @abstractmethod
+    def ended(self, run_id: str) -> None:
+        """The run's publisher stopped (with or without a terminal event)."""
+
+    def publish(
+        self,
+        run_id: str,
+        events: AsyncGenerator[RunEvent],
+        origin: asyncio.Queue[RunEvent | None] | None,
+        grace_seconds: float | None = -1,
+    ) -> Callable[[], None]:
+        """Run to the end in the background, logging every event and feeding the origin client.
+
+        Returns `detach`: call it when the origin client leaves. The run then goes on for
+        the grace period (`grace_seconds`, -1: the log's; None: to its end), and longer
+        while a follower reads; otherwise it is cancelled. No origin: detached from the start.
+        """
+        grace = self.grace_seconds if grace_seconds == -1 else grace_seconds
+        detached_at: list[float] = [] if origin is not None else [time.monotonic()]
+        unwritten: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+
+        async def write_behind() -> None:
+            """Appends off the token path: each round trip takes every event that arrived
+            during the previous one, so a slow Redis batches instead of delaying tokens."""
+            while True:
+                batch = [await unwritten.get()]
+                while not unwritten.empty():
+                    batch.append(unwritten.get_nowait())
+                done = batch[-1] is None
+                written = [event for event in batch if event is not None]
+                if written:
+                    with contextlib.suppress(redis.RedisError):
+                        await self.append(run_id, *written)
+                if done:
+                    return
+
+        async def pump() -> None:
+            last_beat = 0.0
+            writer = self.spawn(write_behind(), f"run-log-{run_id}")
+            try:
+                async for event in events:
+                    if origin is not None and not detached_at:
+                        await origin.put(event)
+                    unwritten.put_nowait(event)
+                    now = time.monotonic()
+                    if now - last_beat >= _BEAT_SECONDS:
+                        last_beat = now
+                        with contextlib.suppress(redis.RedisError):
+                            if await self.beat(run_id):
+                                detached_at[:] = [now] if detached_at else []
+                    if grace is not None and detached_at and now - detached_at[0] > grace:
+                        log.info(
+                            "run %s: nobody resumed within the grace period; cancelling", run_id
+                        )
+                        return
+            finally:
+                await events.aclose()
+                unwritten.put_nowait(None)
+                await asyncio.shield(writer)  # the terminal event is logged before we end
+                self.ended(run_id)
+                if origin is not None and not detached_at:
+                    await origin.put(None)
+
+        task = self.spawn(pump(), f"publish-{run_id}")
+
+        def detach() -> None:
+            if not detached_at:
+                detached_at.append(time.monotonic())
+            while origin is not None and not origin.empty():  # unblock the pump
+                origin.get_nowait()
+            if grace == 0:  # now, not at the next event: a stalled model may send none
+                task.cancel()
+
+        return detach
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task of the worker's runs: kept alive while it runs, cancelled on shutdown."""
+        task = asyncio.create_task(work, name=name)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        return task
+
+    async def aclose(self) -> None:
+        for task in list(self._detached):
+            task.cancel()
+        await asyncio.gather(*self._detached, return_exceptions=True)
+
+
+@dataclass
+class RedisRunLog(RunLog):
+    client: Any = field(kw_only=True)  # redis.asyncio.Redis or RedisCluster
+    shared: ClassVar[bool] = True
+
+    def ended(self, run_id: str) -> None:
+        """Nothing to do: the terminal event deleted the owner key, or it lapses."""
 
     async def append(self, run_id: str, *batch: RunEvent) -> None:
         """Append events in one round trip (a pipeline of XADDs, their TTL, the owner)."""
@@ -103,85 +216,18 @@ class RunLog:
         _, readers = await pipe.execute()
         return bool(readers)
 
-    def publish(
-        self,
-        run_id: str,
-        events: AsyncGenerator[RunEvent],
-        origin: asyncio.Queue[RunEvent | None],
-    ) -> Callable[[], None]:
-        """Run to the end in the background, logging every event and feeding the origin client.
-
-        Returns `detach`: call it when the origin client leaves. The run then goes on for
-        `grace_seconds`, and longer while a resumer reads; otherwise it is cancelled.
-        """
-        detached_at: list[float] = []
-        unwritten: asyncio.Queue[RunEvent | None] = asyncio.Queue()
-
-        async def write_behind() -> None:
-            """Appends off the token path: each round trip takes every event that arrived
-            during the previous one, so a slow Redis batches instead of delaying tokens."""
-            while True:
-                batch = [await unwritten.get()]
-                while not unwritten.empty():
-                    batch.append(unwritten.get_nowait())
-                done = batch[-1] is None
-                written = [event for event in batch if event is not None]
-                if written:
-                    with contextlib.suppress(redis.RedisError):
-                        await self.append(run_id, *written)
-                if done:
-                    return
-
-        async def pump() -> None:
-            last_beat = 0.0
-            writer = asyncio.create_task(write_behind(), name=f"run-log-{run_id}")
-            self._detached.add(writer)
-            writer.add_done_callback(self._detached.discard)
-            try:
-                async for event in events:
-                    if not detached_at:
-                        await origin.put(event)
-                    unwritten.put_nowait(event)
-                    now = time.monotonic()
-                    if now - last_beat >= _BEAT_SECONDS:
-                        last_beat = now
-                        with contextlib.suppress(redis.RedisError):
-                            if await self.beat(run_id):
-                                detached_at[:] = [now] if detached_at else []
-                    if detached_at and now - detached_at[0] > self.grace_seconds:
-                        log.info(
-                            "run %s: nobody resumed within the grace period; cancelling", run_id
-                        )
-                        return
-            finally:
-                await events.aclose()
-                unwritten.put_nowait(None)
-                await asyncio.shield(writer)  # the terminal event is in Redis before we end
-                if not detached_at:
-                    await origin.put(None)
-
-        task = asyncio.create_task(pump(), name=f"publish-{run_id}")
-        self._detached.add(task)
-        task.add_done_callback(self._detached.discard)
-
-        def detach() -> None:
-            if not detached_at:
-                detached_at.append(time.monotonic())
-            while not origin.empty():  # unblock the pump; nobody reads these now
-                origin.get_nowait()
-
-        return detach
-
-    async def aclose(self) -> None:
-        for task in list(self._detached):
-            task.cancel()
-        await asyncio.gather(*self._detached, return_exceptions=True)
-
-    async def follow(self, run_id: str, last_event_id: int) -> AsyncGenerator[RunEvent] | None:
-        """Replay after `last_event_id`, then follow; None when the run is unknown."""
+    async def follow(
+        self, run_id: str, last_event_id: int | None
+    ) -> AsyncGenerator[RunEvent] | None:
         events, owner, reader = _keys(run_id)
-        if not await self.client.exists(events):
+        newest = await self.client.xrevrange(events, count=1)
+        if not newest:
             return None
+        if last_event_id is None:  # from now on: nothing if the run is over
+            entry_id, fields = newest[0]
+            if fields[b"e"].decode() in TERMINAL:
+                return _nothing()
+            last_event_id = int(_text(entry_id).split("-")[0])
         return self._follow(events, owner, reader, last_event_id)
 
     async def _follow(
@@ -193,7 +239,7 @@ class RunLog:
             reply: Any = await self.client.xread({events: cursor}, count=256, block=1000)
             entries = reply[0][1] if reply else []
             for entry_id, fields in entries:
-                cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                cursor = _text(entry_id)
                 event = RunEvent(
                     int(cursor.split("-")[0]),
                     fields[b"e"].decode(),
@@ -210,3 +256,76 @@ class RunLog:
             ):
                 yield interrupted_event(int(cursor.split("-")[0]))
                 return
+
+
+@dataclass
+class _Logged:
+    events: list[RunEvent] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    expires_at: float = 0.0
+    ended: bool = False
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+@dataclass
+class MemoryRunLog(RunLog):
+    """One worker's runs: followed from this worker only (the in-memory state is per worker)."""
+
+    shared: ClassVar[bool] = False
+    _runs: dict[str, _Logged] = field(default_factory=dict)
+
+    async def append(self, run_id: str, *batch: RunEvent) -> None:
+        now = time.monotonic()
+        if run_id not in self._runs:
+            for expired in [key for key, run in self._runs.items() if run.expires_at < now]:
+                del self._runs[expired]
+        logged = self._runs.setdefault(run_id, _Logged())
+        logged.events += batch
+        del logged.events[: -self.max_events]
+        logged.expires_at = now + self.ttl_ms / 1000
+        logged.wake()
+
+    async def beat(self, run_id: str) -> bool:
+        return False  # a follower here keeps nothing alive: the run is in this process
+
+    def ended(self, run_id: str) -> None:
+        if (logged := self._runs.get(run_id)) is not None:
+            logged.ended = True
+            logged.wake()
+
+    async def follow(
+        self, run_id: str, last_event_id: int | None
+    ) -> AsyncGenerator[RunEvent] | None:
+        logged = self._runs.get(run_id)
+        if logged is None:
+            return None
+        if last_event_id is None:  # from now on: nothing if the run is over
+            newest = logged.events[-1] if logged.events else None
+            if newest is not None and newest.event in TERMINAL:
+                return _nothing()
+            last_event_id = 0 if newest is None else newest.id
+        return self._follow(logged, last_event_id)
+
+    async def _follow(self, logged: _Logged, last_id: int) -> AsyncGenerator[RunEvent]:
+        while True:
+            changed = logged.changed
+            for event in [event for event in logged.events if event.id > last_id]:
+                last_id = event.id
+                yield event
+                if event.event in TERMINAL:
+                    return
+            if logged.ended:  # stopped without an end (cancelled): as if its process died
+                yield interrupted_event(last_id)
+                return
+            await changed.wait()
+
+
+def open_run_log(client: Any | None, settings: StreamingSettings) -> RunLog:
+    """On Redis when there is one, else in the worker."""
+    limits = (int(settings.resume_ttl_seconds * 1000), settings.resume_max_events)
+    if client is None:
+        return MemoryRunLog(*limits, settings.resume_grace_seconds)
+    return RedisRunLog(*limits, settings.resume_grace_seconds, client=client)

@@ -127,5 +127,4 @@ class MemoryRunRegistry:
         return self.owners.get(run_id)
 
     async def request_cancel(self, run_id: str) -> None:
-        if run_id in self.owners:
-            self.cancelled.add(run_id)
+        self.cancelled.add(run_id)  # also a run still waiting for its thread
