@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from rillet_operator.spec import (
     AuthSpec,
     ChatServiceSpec,
+    CorsSpec,
     LimitsSpec,
     ModelSpec,
     ProviderSpec,
@@ -31,6 +32,7 @@ from rillet_runtime.settings import (
     ApiKeysSettings,
     AuthSettings,
     ChromaSettings,
+    CorsSettings,
     EmbeddedIndexSettings,
     EmbeddingSettings,
     HnswSettings,
@@ -99,6 +101,7 @@ def runtime_settings(spec: ChatServiceSpec) -> Settings:
             drain_seconds=DRAIN_SECONDS,
             drain_file=DRAIN_FILE,
             metrics_dir=f"{SCRATCH_DIR}/rillet-metrics",
+            **_cors(spec.api.cors),
         ),
         streaming=StreamingSettings(
             coalesce_max_chars=spec.streaming.coalesce_max_chars,
@@ -226,6 +229,28 @@ def _auth(auth: AuthSpec) -> AuthSettings:
         # that it is meant, and a ChatService that says `none` means it.
         return AuthSettings(mode="none", allow_unauthenticated=True)
     return AuthSettings(mode="jwt")  # jwt without its section: the runtime's validator names it
+
+
+def _cors(cors: CorsSpec) -> dict[str, CorsSettings]:
+    """`server.cors` when origins are listed; else left out, as the runtime's default is off."""
+    if not cors.allow_origins:
+        return {}
+    headers = {
+        name: list(value)
+        for name, value in (
+            ("allow_headers", cors.allow_headers),
+            ("expose_headers", cors.expose_headers),
+        )
+        if value is not None
+    }
+    return {
+        "cors": CorsSettings(
+            allow_origins=list(cors.allow_origins),
+            allow_credentials=cors.allow_credentials,
+            max_age_seconds=cors.max_age_seconds,
+            **headers,
+        )
+    }
 
 
 def _limits(limits: LimitsSpec) -> LimitsSettings:

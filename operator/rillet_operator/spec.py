@@ -8,11 +8,18 @@ rejects a bad spec at `kubectl apply`, with the message below.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+
+from rillet_runtime.settings import (
+    CORS_ALLOW_HEADERS,
+    CORS_EXPOSE_HEADERS,
+    CORS_ORIGIN_PATTERN,
+    HEADER_NAME_PATTERN,
+)
 
 GROUP = "rillet.dev"
 VERSION = "v1alpha1"
@@ -399,6 +406,55 @@ class LimitsSpec(Model):
     )
 
 
+Origin = Annotated[str, StringConstraints(pattern=CORS_ORIGIN_PATTERN, max_length=260)]
+Header = Annotated[str, StringConstraints(pattern=HEADER_NAME_PATTERN, max_length=256)]
+
+
+class CorsSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.allowCredentials || !('*' in self.allowOrigins)",
+                    "api.cors.allowCredentials with `*` lets every site act with the "
+                    "browser's cookies; list the origins",
+                )
+            ]
+        }
+    )
+
+    allow_origins: list[Origin] = Field(
+        default_factory=list,
+        max_length=64,
+        description="exact origins (`https://chat.example.com`, no path) whose web pages may "
+        "call the API from a browser; `*`: any page, with auth.mode apiKeys or jwt only "
+        "(credentials the page holds itself); empty: none",
+    )
+    allow_headers: list[Header] | None = Field(
+        None,
+        max_length=64,
+        description="request headers a page may send; unset: what LangGraph's and OpenAI's "
+        "JS clients send (" + ", ".join(CORS_ALLOW_HEADERS) + ")",
+    )
+    expose_headers: list[Header] | None = Field(
+        None,
+        max_length=64,
+        description="response headers a page may read; unset: " + ", ".join(CORS_EXPOSE_HEADERS),
+    )
+    allow_credentials: bool = Field(
+        False, description="let pages send the browser's cookies (a gateway's session)"
+    )
+    max_age_seconds: int = Field(
+        600, ge=0, le=86_400, description="how long a browser may reuse a preflight's answer"
+    )
+
+
+class ApiSpec(Model):
+    cors: CorsSpec = Field(
+        default_factory=CorsSpec, description="browsers on other origins (a web app's pages)"
+    )
+
+
 class LabelSelectorRequirement(Model):
     key: str = Field(min_length=1, max_length=317)
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
@@ -455,6 +511,12 @@ class ChatServiceSpec(Model):
                     "built with it (`rillet ingest`)",
                 ),
                 cel(
+                    "!('*' in self.api.cors.allowOrigins) || self.auth.mode in ['apiKeys', 'jwt']",
+                    "api.cors.allowOrigins `*` needs auth.mode apiKeys or jwt (credentials a "
+                    "page holds itself): otherwise any page its users open calls the API as "
+                    "them; list the origins",
+                ),
+                cel(
                     "self.auth.mode != 'trustedHeader' || has(self.network.allowFrom)",
                     "auth.mode trustedHeader needs network.allowFrom naming the gateway in "
                     "front: anyone else who reaches the pods could set the header",
@@ -484,6 +546,9 @@ class ChatServiceSpec(Model):
     auth: AuthSpec = Field(default_factory=AuthSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+    api: ApiSpec = Field(
+        default_factory=ApiSpec, description="who may call the chat API from a web page"
+    )
 
 
 class Condition(Model):

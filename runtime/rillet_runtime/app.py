@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sse_starlette.sse import AppStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
 from rillet_runtime.admission import Admission
@@ -33,6 +34,7 @@ from rillet_runtime.settings import Settings
 from rillet_runtime.state import open_state
 
 log = logging.getLogger(__name__)
+CORS_METHODS = ["GET", "POST", "PATCH", "DELETE"]  # every method the APIs route
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -91,6 +93,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, unhandled_exception_handler)
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # never touches text/event-stream
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    cors = settings.server.cors
+    if cors.allow_origins:
+        # Outermost (added last), so refusals (401, 413, 429) carry the headers a page needs
+        # to read them; a preflight is answered here, before routing and authentication.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors.allow_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=cors.allow_headers,
+            expose_headers=cors.expose_headers,
+            allow_credentials=cors.allow_credentials,
+            max_age=cors.max_age_seconds,
+        )
     app.include_router(chat.router)
     app.include_router(runs.router)
     app.include_router(openai_compat.router)

@@ -26,6 +26,64 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# An origin as browsers send it: scheme, lowercase host, optional port; no path, no slash.
+CORS_ORIGIN_PATTERN = r"^(\*|https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?)$"
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9-]+$"
+CorsOrigin = Annotated[str, StringConstraints(pattern=CORS_ORIGIN_PATTERN)]
+HeaderName = Annotated[str, StringConstraints(pattern=HEADER_NAME_PATTERN)]
+# What the JS clients send: their key (LangGraph's JS SDK: x-api-key; OpenAI's and fetch:
+# Authorization) and a rejoin's Last-Event-ID; Content-Type is always allowed.
+CORS_ALLOW_HEADERS = [
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "last-event-id",
+    "cache-control",
+]
+# What the JS clients read: LangGraph's run and rejoin URLs, its pagination, and when to retry.
+CORS_EXPOSE_HEADERS = [
+    "content-location",
+    "location",
+    "x-pagination-total",
+    "x-pagination-next",
+    "retry-after",
+]
+
+
+class CorsSettings(_Section):
+    """Which web pages, by origin, a browser lets call the API; none unless listed."""
+
+    allow_origins: list[CorsOrigin] = Field(
+        default_factory=list,
+        description="exact origins (`https://chat.example.com`, no path) whose pages may call "
+        "the API; `*`: any page, only with credentials a page must hold itself (auth.mode "
+        "api_keys or jwt); empty: CORS off, browsers refuse every other origin",
+    )
+    allow_headers: list[HeaderName] = Field(
+        default_factory=lambda: list(CORS_ALLOW_HEADERS),
+        description="request headers a page may send",
+    )
+    expose_headers: list[HeaderName] = Field(
+        default_factory=lambda: list(CORS_EXPOSE_HEADERS),
+        description="response headers a page may read",
+    )
+    allow_credentials: bool = Field(
+        False, description="let pages send the browser's cookies (a gateway's session)"
+    )
+    max_age_seconds: int = Field(
+        600, ge=0, le=86_400, description="how long a browser may reuse a preflight's answer"
+    )
+
+    @model_validator(mode="after")
+    def _no_cookies_for_every_origin(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                "server.cors: allow_credentials with `*` lets every site act with the "
+                "browser's cookies; list the origins"
+            )
+        return self
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -58,6 +116,7 @@ class ServerSettings(_Section):
         description="/metrics on its own port (gunicorn's master), not the API's; None: off",
     )
     docs: bool = Field(False, description="serve /docs and /openapi.json (off: a smaller surface)")
+    cors: CorsSettings = Field(default_factory=CorsSettings)
 
     @property
     def graceful_timeout_seconds(self) -> float:
@@ -66,6 +125,7 @@ class ServerSettings(_Section):
 
 
 AuthMode = Literal["none", "api_keys", "jwt", "trusted_header"]
+HELD_CREDENTIALS: frozenset[AuthMode] = frozenset({"api_keys", "jwt"})  # sent by the page itself
 
 
 class ApiKeysSettings(_Section):
@@ -364,6 +424,19 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+
+    @model_validator(mode="after")
+    def _any_origin_needs_a_held_credential(self) -> Settings:
+        """`*` is safe only where a page must hold the credential itself (an API key, a
+        bearer token). An open server (`none`), or a gateway that vouches for whoever
+        reaches it (`trusted_header`: by network, client certificate or cookie), would
+        serve any page its users open, as them."""
+        if "*" in self.server.cors.allow_origins and self.auth.mode not in HELD_CREDENTIALS:
+            raise ValueError(
+                f"server.cors.allow_origins: `*` with auth.mode {self.auth.mode} lets any "
+                "web page its users open call the API as them; list the origins"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -366,6 +366,15 @@ def test_no_redis_password_on_any_command_line(cluster: TestCluster, namespace: 
         ({"network": {"allowFrom": [{}]}}, "set namespaceSelector, podSelector or both"),
         ({"network": {"allowFrom": []}}, "spec.network.allowFrom"),
         ({"limits": {"concurrentStreams": 0}}, "spec.limits.concurrentStreams"),
+        (
+            {"auth": {"mode": "none"}, "api": {"cors": {"allowOrigins": ["*"]}}},
+            "api.cors.allowOrigins `*` needs auth.mode apiKeys or jwt",
+        ),
+        (
+            {"api": {"cors": {"allowOrigins": ["*"], "allowCredentials": True}}},
+            "api.cors.allowCredentials with `*`",
+        ),
+        ({"api": {"cors": {"allowOrigins": ["https://a.example/"]}}}, "spec.api.cors.allowOrigins"),
     ],
     ids=[
         "jwt-missing",
@@ -377,6 +386,9 @@ def test_no_redis_password_on_any_command_line(cluster: TestCluster, namespace: 
         "empty-peer",
         "empty-allow-from",
         "zero-limit",
+        "cors-any-origin-open",
+        "cors-any-origin-cookies",
+        "cors-origin-with-a-path",
     ],
 )
 def test_auth_and_network_rules_are_enforced_by_the_api_server(

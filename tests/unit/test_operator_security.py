@@ -24,7 +24,7 @@ from rillet_operator.runtime_settings import (
 from rillet_operator.settings import OperatorSettings
 from rillet_operator.spec import ChatServiceSpec
 from rillet_operator.status import Observed, compute_status, held_back, name_conflicts
-from rillet_runtime.settings import Settings
+from rillet_runtime.settings import CorsSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
@@ -207,6 +207,41 @@ def test_limits_reach_the_runtime_only_when_set() -> None:
     limits = pod_settings(cs).limits
     assert (limits.concurrent_streams, limits.requests_per_minute) == (3, 60)
     assert limits.tokens_per_minute is None
+
+
+def test_cors_reaches_the_runtime_only_when_origins_are_listed() -> None:
+    assert "cors" not in settings_file(runtime_settings(ChatServiceSpec())).get("server", {})
+    origins = ["https://chat.example.com", "http://localhost:5173"]
+    cors = pod_settings(chat_service({"api": {"cors": {"allowOrigins": origins}}})).server.cors
+    assert cors.allow_origins == origins
+    assert cors.allow_headers == CorsSettings().allow_headers  # the runtime's defaults
+    assert (cors.allow_credentials, cors.max_age_seconds) == (False, 600)
+    tuned = {"allowOrigins": ["*"], "allowHeaders": ["authorization"], "maxAgeSeconds": 60}
+    cors = pod_settings(chat_service({"api": {"cors": tuned}})).server.cors
+    assert (cors.allow_origins, cors.allow_headers, cors.max_age_seconds) == (
+        ["*"],
+        ["authorization"],
+        60,
+    )
+    assert cors.expose_headers == CorsSettings().expose_headers
+
+
+@pytest.mark.parametrize(
+    "cors",
+    [
+        {"allowOrigins": ["https://chat.example.com/"]},
+        {"allowOrigins": ["*"], "allowCredentials": True},
+    ],
+)
+def test_a_bad_cors_spec_is_refused(cors: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="allow"):
+        runtime_settings(chat_service({"api": {"cors": cors}}).spec)
+
+
+def test_any_origin_needs_credentials_a_page_holds() -> None:
+    spec = chat_service({"auth": {"mode": "none"}, "api": {"cors": {"allowOrigins": ["*"]}}}).spec
+    with pytest.raises(ValueError, match=r"auth\.mode none"):
+        runtime_settings(spec)
 
 
 # -- the Redis password ------------------------------------------------------------------------
