@@ -91,7 +91,7 @@ test-e2e: venv control-plane ## e2e tests: the operator against a real control p
 LOWEST_VENV := $(CACHE_DIR)/lowest-venv-$(DEPS_KEY)
 PRINT_DEPENDENCIES := import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
 PRINT_TEST_TOOLS := import tomllib; dev = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]; \
-	print("\n".join(d for d in dev if d.startswith(("pytest", "httpx-sse", "psutil"))))
+	print("\n".join(d for d in dev if d.startswith(("pytest", "httpx-sse", "psutil", "blockbuster"))))
 
 $(LOWEST_VENV)/.installed: $(VENV)/.installed
 	rm -rf $(LOWEST_VENV)

@@ -3,12 +3,16 @@
 Draining starts either from SIGTERM (the gunicorn worker calls `begin_drain`) or from the
 drain file that `rillet drain` writes in a Kubernetes preStop hook, which every worker of
 the pod sees at once. While draining, /readyz fails and new streams get 503; streams
-already running go on to the end.
+already running go on to the end. The file is looked for by a task the lifespan holds, in
+a thread: a stat can block (a slow volume), and requests only read the flag it sets.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from rillet_runtime.metrics import ACTIVE_STREAMS
@@ -40,19 +44,29 @@ class Admission:
         self._drain_file = drain_file
         self._draining = False
         self._drain_started: float | None = None
-        self._file_checked_at = 0.0
 
     @property
     def draining(self) -> bool:
-        if self._draining:
-            return True
-        if self._drain_file is not None:
-            now = time.monotonic()
-            if now - self._file_checked_at >= _DRAIN_FILE_CHECK_INTERVAL:
-                self._file_checked_at = now
-                if self._drain_file.exists():
-                    self.begin_drain()
         return self._draining
+
+    @contextlib.asynccontextmanager
+    async def watching_drain_file(self) -> AsyncIterator[None]:
+        """Drain once the drain file appears, for as long as this is held (the lifespan)."""
+        if self._drain_file is None:
+            yield
+            return
+        watcher = asyncio.create_task(self._drain_when_present(self._drain_file))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _drain_when_present(self, drain_file: Path) -> None:
+        while not self._draining:
+            if await asyncio.to_thread(drain_file.exists):
+                self.begin_drain()
+            await asyncio.sleep(_DRAIN_FILE_CHECK_INTERVAL)
 
     def begin_drain(self) -> None:
         if not self._draining:

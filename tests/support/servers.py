@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from rillet_runtime.serving.worker import BLOCKBUSTER_ENV
 from tests.support.processes import free_port, start_in_own_session, wait_until_ready
+
+BLOCKED = "BlockingError"  # what blockbuster raises, found in a log even when it was caught
 
 
 @dataclass
@@ -44,8 +47,9 @@ def served(
     cwd: Path | None = None,
 ) -> Iterator[Process]:
     """A server process in its own session, ready once `ready_path` answers; stopped after,
-    with whatever it started (the whole process group)."""
-    proc = start_in_own_session(command, env, log, cwd)
+    with whatever it started (the whole process group). A `rillet serve` among them runs
+    its workers under blockbuster: a blocking call on their event loop fails the test."""
+    proc = start_in_own_session(command, {BLOCKBUSTER_ENV: "1", **env}, log, cwd)
     process = Process(f"http://127.0.0.1:{port}", proc, log)
     try:
         wait_until_ready(process.url + ready_path, proc, log)
@@ -54,6 +58,8 @@ def served(
         process.stop()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+    blocked = [line for line in log.read_text(errors="replace").splitlines() if BLOCKED in line]
+    assert not blocked, f"a blocking call on the event loop (see {log}): {blocked[:3]}"
 
 
 def rillet_process(

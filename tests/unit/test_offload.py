@@ -1,12 +1,13 @@
 """CPU work on large inputs leaves the event loop: a short input runs inline, a long one in
-a thread, and a long offline embedding lets the loop's other work go on meanwhile."""
+a thread, and a long offline embedding lets the loop's other work go on meanwhile. A
+resource's blocking calls run on a thread of its own, in turn."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-from rillet_runtime.offload import INLINE_MAX_CHARS, cpu_bound
+from rillet_runtime.offload import INLINE_MAX_CHARS, OwnThread, cpu_bound
 from rillet_runtime.retrieval.embeddings import OfflineEmbedder
 
 
@@ -36,3 +37,18 @@ async def test_a_long_offline_embedding_leaves_the_loop_serving() -> None:
     ticker.cancel()
     assert vectors.shape == (1, 384)
     assert during >= 2, f"the loop ticked {during} times while embedding"
+
+
+async def test_a_resource_thread_runs_every_call_off_the_loop_on_one_thread_in_turn() -> None:
+    own = OwnThread("test-resource")
+    order: list[int] = []
+
+    def record(call: int) -> int:
+        order.append(call)
+        return threading.get_ident()
+
+    threads = await asyncio.gather(*(own.run(record, call) for call in range(20)))
+    own.close()
+    assert len(set(threads)) == 1
+    assert threads[0] != threading.get_ident()
+    assert order == list(range(20))

@@ -31,7 +31,7 @@ def provider_model(settings: ProviderSettings, http_client: httpx.AsyncClient) -
             http_async_client=http_client,
         )
     if settings.provider == "anthropic":
-        return ChatAnthropic(
+        model = ChatAnthropic(
             model=settings.name,
             base_url=settings.base_url,
             api_key=api_key,
@@ -41,6 +41,10 @@ def provider_model(settings: ProviderSettings, http_client: httpx.AsyncClient) -
             max_retries=settings.max_retries,
             stream_usage=True,
         )
+        # It builds its SDK client (HTTP transport, TLS context from the CA files, package
+        # metadata: blocking reads) on first use, a request; build it now, in the lifespan.
+        _ = model._async_client
+        return model
     return ExtractiveChatModel(model_name=settings.name)
 
 

@@ -59,8 +59,10 @@ class KeywordIndex:
         words = list(query_terms)
         if self._model is None or not words:
             return []
+        # n_threads=0 scores in this thread; 1 would start a pool's thread per query and join
+        # it, blocking the event loop (blockbuster refuses it) for no parallelism.
         found, scores = self._model.retrieve(
-            [words], k=min(k, len(self._ids)), show_progress=False, n_threads=1
+            [words], k=min(k, len(self._ids)), show_progress=False, n_threads=0
         )
         return [
             (self._ids[int(doc)], float(score))

@@ -5,13 +5,21 @@ streams. Here the worker first drains: /readyz fails and new streams get 503 whi
 listening socket stays open (workers hold their own copy of it), for `drain_seconds` or
 until no stream is left. Then uvicorn shuts down as usual and waits for the streams
 still running; gunicorn's graceful_timeout is the outer bound.
+
+With `RILLET_BLOCKBUSTER=1` (every test server sets it; the `blocking-guard` extra) the
+worker runs under blockbuster, the guard LangGraph's server runs graphs under: a blocking
+call on the event loop (file, socket, SQLite, sleep, a held lock) raises instead of stalling
+every stream of the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -21,6 +29,8 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from rillet_runtime.admission import Admission
+
+BLOCKBUSTER_ENV = "RILLET_BLOCKBUSTER"
 
 
 class DrainingServer(Server):
@@ -63,7 +73,34 @@ class RilletWorker(UvicornWorker):  # type: ignore[misc]
         server = DrainingServer(self.config, state.admission, state.settings.server.drain_seconds)
         self._install_sigquit_handler()
         started = time.monotonic()
-        await server.serve(sockets=self.sockets)
+        with blocking_calls_refused(os.environ.get(BLOCKBUSTER_ENV) == "1"):
+            await server.serve(sockets=self.sockets)
         if not server.started:
             self.log.error("worker failed to boot after %.1fs", time.monotonic() - started)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+@contextlib.contextmanager
+def blocking_calls_refused(enabled: bool) -> Iterator[None]:
+    """Blockbuster over the worker's event loop, when `enabled` (blockbuster comes with the
+    `blocking-guard` extra, so it is imported only then).
+
+    The lifespan may block: it opens the pools, files and indexes before the first request
+    and closes them after the last, when no stream shares the loop. It runs in uvicorn's
+    lifespan task, whose root coroutine is `LifespanOn.main`, so everything under that frame
+    is allowed; everything else (requests, streams, background tasks) is checked.
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        from blockbuster import blockbuster_ctx
+    except ImportError:
+        raise RuntimeError(
+            f"{BLOCKBUSTER_ENV}=1 needs blockbuster: pip install 'rillet[blocking-guard]'"
+        ) from None
+
+    with blockbuster_ctx() as guard:
+        for function in guard.functions.values():
+            function.can_block_in("uvicorn/lifespan/on.py", "main")
+        yield

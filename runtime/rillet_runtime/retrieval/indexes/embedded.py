@@ -7,6 +7,10 @@ texts are read by id for the hits only. `rillet ingest` opens it writable, and `
 replaces the vectors file atomically before committing the rows, so a crash leaves at
 worst vectors without rows, which queries skip and the next ingest writes again.
 
+SQLite's calls block: the async methods do their whole work (a query's search and rows
+together, one hop a call) on the index's own thread, the one user of the connection once
+it is open (`offload.OwnThread` says why not `asyncio.to_thread` or aiosqlite).
+
 A folder holds `manifest.json` (the embedding model and HNSW settings it was built with),
 `vectors.usearch`, `chunks.sqlite` and, for hybrid search, `keyword/`.
 """
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 from usearch.index import Index
 
+from rillet_runtime.offload import OwnThread
 from rillet_runtime.retrieval.documents import Passage
 from rillet_runtime.retrieval.embeddings import Vectors, normalise
 from rillet_runtime.retrieval.errors import RetrievalConfigError
@@ -92,6 +97,7 @@ class EmbeddedIndex:
         self._index = index
         self._db = db
         self._writable = writable
+        self._thread = OwnThread("rillet-index")
 
     @classmethod
     def open_readonly(cls, path: Path, ef_search: int) -> EmbeddedIndex:
@@ -150,6 +156,9 @@ class EmbeddedIndex:
     async def upsert(self, records: Sequence[Record], vectors: Vectors) -> None:
         self._require_writable()
         check_dimensions(vectors, self.manifest.dimensions, "embeddings")
+        await self._thread.run(self._upsert, records, vectors)
+
+    def _upsert(self, records: Sequence[Record], vectors: Vectors) -> None:
         keys = np.array([key_of(r.id) for r in records], dtype=np.uint64)
         self._remove_keys(keys)
         self._index.add(keys, normalise(vectors))
@@ -163,6 +172,9 @@ class EmbeddedIndex:
 
     async def delete(self, ids: Sequence[str]) -> None:
         self._require_writable()
+        await self._thread.run(self._delete, ids)
+
+    def _delete(self, ids: Sequence[str]) -> None:
         keys = np.array([key_of(i) for i in ids], dtype=np.uint64)
         self._remove_keys(keys)
         self._db.executemany("DELETE FROM chunks WHERE key = ?", [(int(k),) for k in keys])
@@ -198,6 +210,15 @@ class EmbeddedIndex:
     ) -> list[Match]:
         check_filter(where)
         check_dimensions(vector.reshape(1, -1), self.manifest.dimensions, "embeddings")
+        return await self._thread.run(self._query, vector, k, where, score_threshold)
+
+    def _query(
+        self,
+        vector: Vectors,
+        k: int,
+        where: MetadataFilter | None,
+        score_threshold: float | None,
+    ) -> list[Match]:
         query = normalise(vector.reshape(1, -1))[0]
         if where:
             scored = self._filtered(query, k, where)
@@ -262,10 +283,16 @@ class EmbeddedIndex:
         ).fetchall()
 
     async def fetch(self, ids: Sequence[str]) -> list[Passage]:
+        return await self._thread.run(self._fetch, ids)
+
+    def _fetch(self, ids: Sequence[str]) -> list[Passage]:
         rows = {row[0]: row for row in self._rows("id, text, metadata", map(key_of, ids))}
         return [passage_of(i, rows[i][1], json.loads(rows[i][2])) for i in ids if i in rows]
 
     async def list_ids(self) -> set[str]:
+        return await self._thread.run(self._list_ids)
+
+    def _list_ids(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT id FROM chunks")}
 
     def iter_texts(self) -> Iterable[tuple[str, str, str]]:
@@ -279,4 +306,5 @@ class EmbeddedIndex:
         return IndexStats(count=len(self._index), dimensions=self.manifest.dimensions)
 
     async def close(self) -> None:
-        self._db.close()
+        await self._thread.run(self._db.close)
+        self._thread.close()
