@@ -16,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv redis-server control-plane run cluster operator constraints manifests test test-unit \
+.PHONY: help venv redis-server chromium js-clients control-plane run cluster operator constraints manifests test test-unit \
 	test-integration test-e2e test-lower-bounds lint format bench bench-auth bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
@@ -36,12 +36,23 @@ venv: $(VENV)/.installed ## install the dependencies (cached by pyproject.toml) 
 	  echo "$(CURDIR)" > $(VENV)/.project; }
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-redis-server: ## install redis-server from Debian's packages if it is missing (the tests start their own)
-	@command -v redis-server >/dev/null || { \
-	  command -v apt-get >/dev/null || { echo "install redis-server 6.2+ and rerun" >&2; exit 1; }; \
+# Debian's package $(1), which provides the command of the same name, unless it is on PATH.
+apt-install = command -v $(1) >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install $(or $(2),$(1)) and rerun" >&2; exit 1; }; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(1) >/dev/null; }
+
+redis-server: ## install redis-server from Debian's packages if it is missing (the tests start their own)
+	@$(call apt-install,redis-server,redis-server 6.2+)
 	@redis-server --version
+
+chromium: ## install Chromium from Debian's packages if it is missing (the browser test drives it headless)
+	@$(call apt-install,chromium)
+	@chromium --version
+
+js-clients: ## LangGraph's JS SDK and playwright-core (tests/js/package-lock.json), cached by the lock
+	@command -v node >/dev/null || { echo "install Node.js 20+ with npm and rerun" >&2; exit 1; }
+	@bash tests/js/install.sh >/dev/null
 
 control-plane: ## build etcd, the Kubernetes control plane, kubectl, KWOK and helm (cached by version)
 	@bash testcluster/build.sh >/dev/null
@@ -72,13 +83,13 @@ constraints: ## re-pin the image's dependencies (constraints.txt) from a clean i
 manifests: venv ## regenerate crds/ and docs/reference/ from the operator's spec model
 	$(PY) -m rillet_operator.crd
 
-test: venv redis-server control-plane lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
+test: venv redis-server chromium js-clients control-plane lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
 	$(PY) -m pytest
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit
 
-test-integration: venv redis-server ## integration tests only (real gunicorn, real SDKs)
+test-integration: venv redis-server chromium js-clients ## integration tests only (real gunicorn, real SDKs)
 	$(PY) -m pytest tests/integration
 
 test-e2e: venv control-plane ## e2e tests: the operator against a real control plane
