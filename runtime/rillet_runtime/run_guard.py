@@ -73,6 +73,7 @@ class RunGuard:
         if not self.taken:
             return
         self.taken = False
+        self.registry.untrack(self.stream_id)
         with contextlib.suppress(redis.RedisError):  # a lease lapses on its own
             await self.registry.release(self.thread_key, self.stream_id)
         with contextlib.suppress(redis.RedisError):  # and so does a stream's share
@@ -90,6 +91,7 @@ async def take_guard(
     if refusal is not None:
         raise OverLimit(refusal)
     guard.taken = True
+    guard.registry.track(guard.stream_id, guard.cancel)
     guard._start_renewing()  # a run waiting for its thread keeps its share alive
     try:
         await _claim(guard, strategy, wait_seconds, client_gone)

@@ -1,6 +1,7 @@
-"""Probes, the only routes that need no principal. /readyz turns false while draining so
-traffic moves elsewhere. /metrics is not here: gunicorn's master serves it on a port of its
-own (serving/gunicorn_conf.py), so the API's port exposes no metrics."""
+"""Probes (and LangGraph's `/ok`), the only routes that need no principal. /readyz turns
+false while draining so traffic moves elsewhere. /metrics is not here: gunicorn's master
+serves it on a port of its own (serving/gunicorn_conf.py), so the API's port exposes no
+metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/ok")
+async def ok() -> dict[str, bool]:
+    """LangGraph's liveness probe, for its clients and UIs."""
+    return {"ok": True}
 
 
 @router.get("/readyz")

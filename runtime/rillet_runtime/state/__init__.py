@@ -140,6 +140,8 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
     )
     client = saver.client
     run_log = open_run_log(client, streaming)
+    runs = RedisRunRegistry(client, record_ms=int(streaming.resume_ttl_seconds * 1000))
+    run_log.spawn(runs.watch_cancels(), "cancel-channel")  # stopped with the run log
     try:
         yield StateBackends(
             checkpointer=saver,
@@ -150,7 +152,7 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
             ),
             embedding_cache=RedisEmbeddingCache(client, settings.embedding_cache_ttl_seconds),
             limiter=RedisLimiter(client, all_settings.limits, stream_ttl_ms=LEASE_MS),
-            runs=RedisRunRegistry(client, record_ms=int(streaming.resume_ttl_seconds * 1000)),
+            runs=runs,
             run_log=run_log,
             threads=RedisThreadStore(client, int(settings.checkpoint_ttl_seconds * 1000) or None),
         )

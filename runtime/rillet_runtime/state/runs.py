@@ -4,17 +4,29 @@ which principal owns each run, and which runs were asked to stop.
 A thread's lease is a key set only if absent, with a short expiry that the run renews while
 it lives: released when the run ends, lapsed within seconds when its worker dies. The
 ownership record outlives the run as long as its event log, so a resume or a cancel by
-anyone else finds nothing (404). Without Redis the same records live in the worker.
+anyone else finds nothing (404). A cancel reaches a run at once: directly when it runs in
+the worker that was asked, else through a Redis channel every worker listens to; the cancel
+key, read on the lease's beat, is the fallback (a Redis Cluster has no such channel here).
+Without Redis the same records live in the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis
+import redis.asyncio as aredis
+
 from rillet_runtime.state.run_log import run_key
 
+log = logging.getLogger(__name__)
+
 LEASE_MS = 10_000
+CANCEL_CHANNEL = "rillet:cancels"
 
 # KEYS: lease. ARGV: run_id lease_ms. Only the holder renews or releases.
 _RENEW = """
@@ -54,11 +66,24 @@ class RunRegistry(Protocol):
 
     async def request_cancel(self, run_id: str) -> None: ...
 
+    def track(self, run_id: str, cancel: asyncio.Event) -> None:
+        """A run of this worker: a cancel request for it sets `cancel`."""
+        ...
+
+    def untrack(self, run_id: str) -> None: ...
+
 
 @dataclass
 class RedisRunRegistry:
     client: Any  # redis.asyncio.Redis or RedisCluster
     record_ms: int  # how long a run's owner is remembered (its event log's lifetime)
+    local: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def track(self, run_id: str, cancel: asyncio.Event) -> None:
+        self.local[run_id] = cancel
+
+    def untrack(self, run_id: str) -> None:
+        self.local.pop(run_id, None)
 
     async def claim(self, thread_key: str | None, run_id: str, principal_key: str) -> bool:
         if thread_key is not None:
@@ -93,6 +118,27 @@ class RedisRunRegistry:
 
     async def request_cancel(self, run_id: str) -> None:
         await self.client.set(run_key(run_id, "cancel"), "1", px=self.record_ms)
+        if (cancel := self.local.get(run_id)) is not None:
+            cancel.set()
+        elif not isinstance(self.client, aredis.RedisCluster):
+            with contextlib.suppress(redis.RedisError):  # the beat still sees the key
+                await self.client.publish(CANCEL_CHANNEL, run_id)
+
+    async def watch_cancels(self) -> None:
+        """For the worker's life: cancels asked on other workers, for runs of this one."""
+        if isinstance(self.client, aredis.RedisCluster):
+            return
+        while True:
+            try:
+                async with self.client.pubsub() as pubsub:
+                    await pubsub.subscribe(CANCEL_CHANNEL)
+                    async for message in pubsub.listen():
+                        run_id = _text(message["data"]) if message["type"] == "message" else None
+                        if run_id is not None and (cancel := self.local.get(run_id)):
+                            cancel.set()
+            except redis.RedisError as exc:
+                log.warning("cancel channel lost (%s); the lease beat covers until it is back", exc)
+                await asyncio.sleep(1)
 
 
 @dataclass
@@ -102,6 +148,13 @@ class MemoryRunRegistry:
     leases: dict[str, str] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)
+    local: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def track(self, run_id: str, cancel: asyncio.Event) -> None:
+        self.local[run_id] = cancel
+
+    def untrack(self, run_id: str) -> None:
+        self.local.pop(run_id, None)
 
     async def claim(self, thread_key: str | None, run_id: str, principal_key: str) -> bool:
         if thread_key is not None:
@@ -128,3 +181,5 @@ class MemoryRunRegistry:
 
     async def request_cancel(self, run_id: str) -> None:
         self.cancelled.add(run_id)  # also a run still waiting for its thread
+        if (cancel := self.local.get(run_id)) is not None:
+            cancel.set()

@@ -1,6 +1,7 @@
 """Assistants: the graph a pod serves is one assistant (`graph_id` from settings, its
 `assistant_id` the uuid5 LangGraph's server gives a graph's own assistant). Making other
-assistants is refused clearly; `GET /ok` and `GET /info` live here too."""
+assistants is refused clearly. `GET /info` lives here too (LangGraph's `GET /ok` probe is
+with the others, in api/ops.py)."""
 
 from __future__ import annotations
 
@@ -47,12 +48,6 @@ def _assistant(runtime: Runtime) -> dict[str, Any]:
     graph_id = runtime.settings.graph_id
     name = runtime.graph.name if runtime.graph.name not in ("LangGraph", "") else graph_id
     return assistant_json(graph_id, name, _STARTED_AT)
-
-
-@router.get("/ok")
-async def ok() -> dict[str, Any]:
-    """LangGraph's liveness probe (like /healthz: no principal needed)."""
-    return {"ok": True}
 
 
 @router.get("/info", dependencies=authenticated)

@@ -12,6 +12,7 @@ each write is one atomic script. Split the way LangGraph's own savers are:
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,21 @@ __all__ = [
     "ThreadKeys",
     "strict_serializer",
 ]
+
+
+def _driver() -> dict[str, Any]:
+    """The client's version for CLIENT SETINFO, looked up once, here: redis-py would look it
+    up (a scan of the installed packages, blocking file system calls) for every connection
+    it opens, on the event loop."""
+    version = importlib.metadata.version("redis")
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before 7: the older argument
+        return {"lib_version": version}
+    return {"driver_info": DriverInfo(lib_version=version)}
+
+
+_DRIVER = _driver()
 
 
 class RedisCheckpointSaver(AsyncFace, SyncFace):
@@ -83,6 +99,7 @@ class RedisCheckpointSaver(AsyncFace, SyncFace):
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
             "retry_on_error": [redis.ConnectionError],
+            **_DRIVER,
         }
         backoff = ExponentialWithJitterBackoff(base=0.02, cap=0.25)
         async_client: Any
