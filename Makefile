@@ -132,15 +132,19 @@ format: venv ## apply ruff's fixes and formatting
 	$(PY) -m ruff format .
 
 # LangGraph's own server, for the streaming benchmark's side-by-side: its own venv, so its
-# dependencies never reach the project's.
+# dependencies never reach the project's. The image's pins (constraints.txt) hold there too,
+# but for the two langgraph-api 0.16 caps lower (grpcio <1.82, protobuf <7): pinned, they
+# leave pip no solution (ResolutionImpossible); unpinned, pip picks them within its caps.
 LANGGRAPH_CLI := langgraph-cli[inmem]==0.4.40
-LANGGRAPH_VENV := $(CACHE_DIR)/langgraph-venv-$(shell { echo '$(LANGGRAPH_CLI)'; cat constraints.txt; } | sha256sum | cut -c1-12)
+LANGGRAPH_UNPINNED := grpcio|protobuf
+LANGGRAPH_VENV := $(CACHE_DIR)/langgraph-venv-$(shell { echo '$(LANGGRAPH_CLI) $(LANGGRAPH_UNPINNED)'; cat constraints.txt; } | sha256sum | cut -c1-12)
 
 $(LANGGRAPH_VENV)/.installed:
 	$(PYTHON) -m venv --clear $(LANGGRAPH_VENV)
 	$(PYTHON) -c '$(PRINT_DEPENDENCIES)' > $(LANGGRAPH_VENV)/requirements.txt
+	grep -v -E '^($(LANGGRAPH_UNPINNED))==' constraints.txt > $(LANGGRAPH_VENV)/constraints.txt
 	$(LANGGRAPH_VENV)/bin/pip install --quiet '$(LANGGRAPH_CLI)' \
-	  --requirement $(LANGGRAPH_VENV)/requirements.txt --constraint constraints.txt
+	  --requirement $(LANGGRAPH_VENV)/requirements.txt --constraint $(LANGGRAPH_VENV)/constraints.txt
 	touch $@
 
 # The HNSW libraries the embedded vector index may use, measured side by side before one
