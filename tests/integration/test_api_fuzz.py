@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from rillet_runtime.app import create_app
 from rillet_runtime.settings import Settings
@@ -21,6 +22,14 @@ from tests.support.servers import Process, rillet_server
 KEY = "fuzz-key-0123456789"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES_PER_ROUTE = 100
+# Rules the schema cannot state, so a schema-valid request may rightly get 422 there (still
+# never a 5xx, and its answer still fits the schema).
+BEYOND_THE_SCHEMA = {
+    "POST /threads/{thread_id}/state": "the values and node must fit the served graph",
+    "POST /runs/stream": "a threadless run cannot resume an interrupt",
+    "POST /runs/wait": "a threadless run cannot resume an interrupt",
+    "POST /runs": "a threadless run cannot resume an interrupt",
+}
 sent: list[str] = []
 
 
@@ -48,6 +57,9 @@ def test_no_route_fails_or_breaks_its_schema(fuzzed: Process) -> None:
         )
         def call(case: Any) -> None:
             sent.append(f"{case.method} {case.path}")
-            case.call_and_validate(base_url=fuzzed.url, headers=HEADERS, timeout=60)
+            excluded = [positive_data_acceptance] if sent[-1] in BEYOND_THE_SCHEMA else []
+            case.call_and_validate(
+                base_url=fuzzed.url, headers=HEADERS, timeout=60, excluded_checks=excluded
+            )
 
         call()

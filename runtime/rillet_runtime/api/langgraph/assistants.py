@@ -77,10 +77,11 @@ async def search_assistants(
     return page
 
 
-@router.post("/assistants", dependencies=authenticated)
+@router.post("/assistants", dependencies=authenticated, include_in_schema=False)
 async def create_assistant() -> None:
+    """Not an operation of this API (so not in its schema): here to say why."""
     raise ApiError(
-        422,
+        405,
         "not_supported",
         "creating assistants is not served: this pod serves its graph's own assistant; "
         "pass per-run settings in `config` or `context`",

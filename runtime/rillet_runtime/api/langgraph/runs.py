@@ -54,7 +54,7 @@ router = APIRouter(
 )
 ThreadIdPath = Annotated[str, Path(pattern=THREAD_ID_PATTERN)]
 RunIdPath = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")]
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^(-1|\d{1,9})$")]
+LastEventId = Annotated[str, Header(alias="Last-Event-ID", pattern=r"^(-1|\d{1,9})?$")]
 json_body = [Depends(require_json)]
 
 ACTIVE: frozenset[RunStatus] = frozenset({"pending", "running"})
@@ -586,14 +586,14 @@ async def join_stream(
     request: Request,
     runtime: RuntimeDep,
     principal: PrincipalDep,
-    last_event_id: LastEventId = None,
+    last_event_id: LastEventId = "",
     stream_mode: Annotated[list[str] | None, Query()] = None,
     cancel_on_disconnect: Annotated[bool, Query()] = False,
 ) -> EventSourceResponse:
     """Follow a run from any worker: after `Last-Event-ID` (`-1`: from its start), or from
     now on without one; ends with the run."""
     await _own_run(runtime, principal, thread_id, run_id)
-    after = None if last_event_id is None else max(0, int(last_event_id))
+    after = max(0, int(last_event_id)) if last_event_id else None
     events = await runtime.run_log.follow(run_id, after)
     if events is None:
         raise ApiError(

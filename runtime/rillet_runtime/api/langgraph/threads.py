@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import InvalidUpdateError
 from langgraph.types import StateSnapshot
 
 from rillet_runtime.api.deps import (
@@ -220,9 +221,13 @@ async def update_state(
     if body.checkpoint_id:
         checkpoint["checkpoint_id"] = body.checkpoint_id
     async with holding_thread(runtime, principal, thread_id):
-        config = await runtime.graph.aupdate_state(
-            state_config(principal, thread_id, checkpoint), body.values, as_node=body.as_node
-        )
+        try:
+            config = await runtime.graph.aupdate_state(
+                state_config(principal, thread_id, checkpoint), body.values, as_node=body.as_node
+            )
+        except (InvalidUpdateError, ValueError, TypeError, KeyError) as exc:
+            message = f"values do not fit the graph's state: {type(exc).__name__}: {exc}"
+            raise ApiError(422, "invalid_request", message[:500], param="values") from None
     record.updated_at = now_iso()
     await runtime.threads.put_thread(principal.key, record)
     configurable = config.get("configurable", {})
