@@ -329,3 +329,41 @@ def test_a_stream_the_client_leaves_is_cancelled(server: Process, fake: FakeLLM)
     threading.Thread(target=leave_early).start()
     assert done.wait(30)
     assert _ended_request(fake, before)["outcome"] == "cancelled"
+
+
+def _started_on(lg: SyncLangGraphClient, thread_id: str, question: str) -> str:
+    """A background run, once its input is saved on the thread."""
+    run = lg.runs.create(
+        thread_id, "agent", input={"messages": [{"role": "user", "content": question}]}
+    )
+
+    def saved() -> bool:
+        messages = lg.threads.get_state(thread_id)["values"].get("messages", [])
+        return any(m["content"] == question for m in messages)
+
+    wait_for("the run's input checkpoint", saved)
+    return str(run["run_id"])
+
+
+def test_rollback_forgets_the_run_it_stops(server: Process) -> None:
+    lg = client(server)
+    thread_id = lg.threads.create()["thread_id"]
+    lg.runs.wait(thread_id, "agent", input=QUESTION)
+
+    doomed = _started_on(lg, thread_id, "a doomed question")
+    lg.runs.wait(thread_id, "agent", input=QUESTION, multitask_strategy="rollback")
+    with pytest.raises(NotFoundError):
+        lg.runs.get(thread_id, doomed)
+
+    cancelled = _started_on(lg, thread_id, "a cancelled question")
+    lg.runs.cancel(thread_id, cancelled, wait=True, action="rollback")
+    with pytest.raises(NotFoundError):
+        lg.runs.get(thread_id, cancelled)
+
+    messages = lg.threads.get_state(thread_id)["values"]["messages"]
+    assert [(m["type"], m["content"]) for m in messages] == [
+        ("human", "what is rillet?"),
+        ("ai", EXPECTED),
+        ("human", "what is rillet?"),
+        ("ai", EXPECTED),
+    ]
