@@ -52,7 +52,8 @@ class ChatRequest(BaseModel):
     multitask_strategy: MultitaskStrategy = Field(
         "reject",
         description="when the thread has a run in progress: reject (409 thread_busy), "
-        "enqueue (wait for it), interrupt (cancel it, then run)",
+        "enqueue (wait for it), interrupt (cancel it, then run), rollback (cancel it and "
+        "remove what it saved, then run)",
     )
 
 
