@@ -68,7 +68,9 @@ class Dialect(Protocol):
     stream_mode: list[StreamMode]
     streams_tokens: bool
 
-    def model_call(self, metadata: dict[str, Any]) -> ModelCall | None:
+    def model_call(
+        self, metadata: dict[str, Any] | None, tags: list[str] | None, name: str | None
+    ) -> ModelCall | None:
         """A chat model call starts; what its tokens carry (and coalesce by), if anything."""
         ...
 
@@ -151,10 +153,8 @@ class _TokenSink(AsyncCallbackHandler):
     ) -> None:
         if tags and (TAG_NOSTREAM in tags or TAG_HIDDEN in tags):
             self._muted.add(run_id)
-        else:
-            metadata = {"tags": tags or [], "name": kwargs.get("name"), **(metadata or {})}
-            if (call := self.dialect.model_call(metadata)) is not None:
-                self._calls[run_id] = call
+        elif (call := self.dialect.model_call(metadata, tags, kwargs.get("name"))) is not None:
+            self._calls[run_id] = call
 
     async def on_llm_new_token(
         self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
@@ -206,7 +206,9 @@ class NativeDialect:
         self.stream_mode: list[StreamMode] = ["updates"]
         self.finish_reason = "stop"
 
-    def model_call(self, metadata: dict[str, Any]) -> ModelCall | None:
+    def model_call(
+        self, metadata: dict[str, Any] | None, tags: list[str] | None, name: str | None
+    ) -> ModelCall | None:
         return None  # every token is plain text, coalesced across calls
 
     def start(self, request: RunRequest) -> tuple[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
+from rillet_runtime.api.langgraph.stream import LangGraphDialect
 from rillet_runtime.events import RunEvent
 from rillet_runtime.settings import StreamingSettings
 from rillet_runtime.streaming import RunRequest, run_events
@@ -119,3 +120,26 @@ async def test_a_run_past_its_deadline_ends_with_stream_timeout() -> None:
     assert received[-1].event == "error"
     assert received[-1].data["code"] == "stream_timeout"
     assert model.cancelled
+
+
+async def test_langgraphs_dialect_coalesces_each_messages_tokens_into_chunks() -> None:
+    model = ScriptedModel(tokens=["abcde"] * 20)
+    request = RunRequest(
+        graph=one_node_graph(model),
+        graph_input={"messages": [HumanMessage(content="hi")]},
+        config={"configurable": {"thread_id": "p/t"}},
+        thread_id="t",
+        run_id="r",
+        endpoint="test",
+        dialect=LangGraphDialect(["messages-tuple"], subgraphs=False, thread_id="t"),
+    )
+    settings = StreamingSettings(coalesce_max_chars=32, coalesce_max_ms=1000)
+    received = await collect(run_events(request, settings, 30, Slot()))
+
+    assert (received[0].event, received[-1].event) == ("metadata", "end")
+    assert received[0].data == {"run_id": "r", "attempt": 1}
+    chunks = [e.data for e in received if e.event == "messages"]
+    assert "".join(message["content"] for message, _ in chunks) == "abcde" * 20
+    assert len(chunks) < 20  # coalesced, the first token alone
+    assert {message["type"] for message, _ in chunks} == {"AIMessageChunk"}
+    assert {metadata["thread_id"] for _, metadata in chunks} == {"t"}

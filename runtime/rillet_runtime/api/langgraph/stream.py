@@ -42,11 +42,16 @@ class LangGraphDialect:
         stream_mode += [mode for mode in ("values", "custom") if mode in self.modes]
         self.stream_mode = stream_mode
 
-    def model_call(self, metadata: dict[str, Any]) -> ModelCall | None:
+    def model_call(
+        self, metadata: dict[str, Any] | None, tags: list[str] | None, name: str | None
+    ) -> ModelCall | None:
         if not self.streams_tokens:
             return None
-        namespace = str(metadata.get("langgraph_checkpoint_ns", "")).split("|")[:-1]
-        return ModelCall(public_metadata(metadata, self.thread_id), tuple(namespace))
+        shown = public_metadata(
+            {"tags": tags or [], "name": name, **(metadata or {})}, self.thread_id
+        )
+        namespace = str(shown.get("langgraph_checkpoint_ns", "")).split("|")[:-1]
+        return ModelCall(shown, tuple(namespace))
 
     def start(self, request: RunRequest) -> tuple[str, Any]:
         return "metadata", {"run_id": request.run_id, "attempt": 1}
