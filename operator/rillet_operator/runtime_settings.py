@@ -89,8 +89,11 @@ def _from_env(ref: SecretKeyRef | None) -> SecretStr | None:
 
 def runtime_settings(spec: ChatServiceSpec) -> Settings:
     """The pod's effective settings, secrets as placeholders (the file leaves them out)."""
+    graph: dict[str, Any] = {"graph": spec.graph.ref}
+    if spec.graph.id:  # else left out: the runtime's default
+        graph["graph_id"] = spec.graph.id
     return _DeclaredSettings(
-        graph=spec.graph.ref,
+        **graph,
         server=ServerSettings(
             host="0.0.0.0",
             port=PORT,

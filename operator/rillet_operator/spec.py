@@ -54,6 +54,12 @@ class GraphSpec(Model):
         description="`module:attribute` of a compiled LangGraph graph in the image; "
         "unset: the built-in RAG chat graph",
     )
+    id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="the graph's name for LangGraph's clients (their `assistant_id` or "
+        "`graph_id`); unset: `agent`",
+    )
 
 
 class ProviderSpec(Model):

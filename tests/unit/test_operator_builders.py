@@ -31,6 +31,7 @@ from rillet_operator.meta import ChatService
 from rillet_operator.runtime_settings import (
     runtime_settings,
     secret_env,
+    settings_file,
     termination_grace_seconds,
 )
 from rillet_operator.spec import ChatServiceSpec
@@ -273,3 +274,9 @@ def test_a_stuck_rollout_is_degraded() -> None:
     status = compute_status(cs, observed, {}, "t")
     assert condition(status, "Degraded")["reason"] == "ProgressDeadlineExceeded"
     assert condition(status, "Ready")["reason"] == "DeploymentUnavailable"
+
+
+def test_the_graphs_id_for_langgraphs_clients_reaches_the_pod_when_set() -> None:
+    assert "graph_id" not in settings_file(runtime_settings(ChatServiceSpec()))
+    spec = ChatServiceSpec.model_validate({"graph": {"id": "support"}})
+    assert Settings.model_validate(settings_file(runtime_settings(spec))).graph_id == "support"
