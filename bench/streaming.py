@@ -15,7 +15,7 @@ same wave of streams (one per client, all at once), in rotating order. Reported 
 server and level: TTFT and inter-token latency percentiles, the time to first token and
 inter-token p99 they add to the model's, the server's CPU seconds per 1,000 model tokens;
 per server: the highest level whose added TTFT p99 stays under 50 ms, and the resident
-memory per 1,000 open streams.
+memory per 1,000 open streams (after the waves, on a fresh process of each server).
 
     python -m bench.streaming --out bench-results [--langgraph-venv DIR]
 """
@@ -286,135 +286,98 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))
-    fake_port = free_port()
-    fake_url = f"http://127.0.0.1:{fake_port}"
+ServerStart = Callable[[], contextlib.AbstractContextManager[Server]]
+
+
+@contextlib.contextmanager
+def floor_server(work: Path, fake_url: str) -> Iterator[Server]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"RILLET_FLOOR_MODEL_URL": f"{fake_url}/v1"}
+    with started(floor_command(port), env, f"{url}/readyz", work / f"floor-{port}.log") as proc:
+        yield Server("floor", url, loadgen.APIS["rillet"], "", proc)
+
+
+@contextlib.contextmanager
+def rillet_server(name: str, work: Path, env: dict[str, str]) -> Iterator[Server]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **env,
+        "RILLET_SERVER__PORT": str(port),
+        "RILLET_SERVER__WORKERS": "1",
+        "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "1200",
+        "RILLET_SERVER__METRICS_DIR": str(work / f"metrics-{port}"),
+        "RILLET_SERVER__METRICS_PORT": str(free_port()),
+    }
+    command = [sys.executable, "-m", "rillet_runtime", "serve"]
+    with started(command, env, f"{url}/readyz", work / f"rillet-{port}.log") as proc:
+        yield Server(name, url, loadgen.APIS["rillet"], "", proc)
+
+
+@contextlib.contextmanager
+def langgraph_server(work: Path, env: dict[str, str], venv: Path) -> Iterator[Server]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app_dir = work / f"langgraph-app-{port}"
+    app_dir.mkdir()
+    config = {"dependencies": ["."], "graphs": {"agent": "bench.langgraph_app:graph"}}
+    (app_dir / "langgraph.json").write_text(json.dumps(config))
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT)]),
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LOG_LEVEL": "WARNING",
+        "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "1200",  # its model pool, as Rillet's
+    }
+    command = [
+        str(venv / "bin" / "langgraph"),
+        "dev",
+        "--no-browser",
+        "--no-reload",
+        "--port",
+        str(port),
+        "--n-jobs-per-worker",
+        "1200",
+        "--config",
+        str(app_dir / "langgraph.json"),
+    ]
+    log = work / f"langgraph-{port}.log"
+    with started(command, env, f"{url}/ok", log, cwd=app_dir) as proc:
+        yield Server("langgraph", url, loadgen.APIS["langgraph"], "agent", proc)
+
+
+def server_starts(
+    work: Path, fake_url: str, redis_url: str, langgraph_venv: Path | None
+) -> list[tuple[str, ServerStart]]:
+    """Each server under test (all but the model), as a way to start a fresh process."""
     model_env = {
         "RILLET_MODEL__PROVIDER": "openai",
         "RILLET_MODEL__NAME": "fake",
         "RILLET_MODEL__BASE_URL": f"{fake_url}/v1",
     }
-    python = [sys.executable, "-m", "rillet_runtime"]
+    redis_env = {"RILLET_STATE__CHECKPOINTER": "redis", "RILLET_STATE__REDIS_URL": redis_url}
+    starts: list[tuple[str, ServerStart]] = [
+        ("floor", lambda: floor_server(work, fake_url)),
+        ("rillet (memory)", lambda: rillet_server("rillet (memory)", work, model_env)),
+        (
+            "rillet (redis)",
+            lambda: rillet_server("rillet (redis)", work, {**model_env, **redis_env}),
+        ),
+    ]
+    if langgraph_venv is not None:
+        starts.append(("langgraph", lambda: langgraph_server(work, model_env, langgraph_venv)))
+    return starts
+
+
+async def measure_waves(
+    model: Server, starts: list[tuple[str, ServerStart]], levels: list[int], tokens: int
+) -> list[dict[str, Any]]:
+    """Every level's wave on every server, all of them up at once, in rotating order."""
     with contextlib.ExitStack() as stack:
-        fake_proc = stack.enter_context(
-            started(
-                [
-                    *python,
-                    "fake-llm",
-                    "--port",
-                    str(fake_port),
-                    "--ttft-ms",
-                    str(TTFT_MS),
-                    "--token-delay-ms",
-                    str(TOKEN_DELAY_MS),
-                    "--answer-tokens",
-                    str(tokens),
-                ],
-                {},
-                f"{fake_url}/_fake/stats",
-                work / "fake.log",
-            )
-        )
-        servers = [Server("model", fake_url, loadgen.APIS["openai"], "fake", fake_proc)]
-
-        port = free_port()
-        floor = stack.enter_context(
-            started(
-                floor_command(port),
-                {"RILLET_FLOOR_MODEL_URL": f"{fake_url}/v1"},
-                f"http://127.0.0.1:{port}/readyz",
-                work / "floor.log",
-            )
-        )
-        servers.append(
-            Server("floor", f"http://127.0.0.1:{port}", loadgen.APIS["rillet"], "", floor)
-        )
-
-        redis = RedisServer(work / "redis")
-        redis.start()
-        stack.callback(redis.kill)
-        for name, state in (
-            ("rillet (memory)", {}),
-            (
-                "rillet (redis)",
-                {"RILLET_STATE__CHECKPOINTER": "redis", "RILLET_STATE__REDIS_URL": redis.url},
-            ),
-        ):
-            port = free_port()
-            env = {
-                **model_env,
-                **state,
-                "RILLET_SERVER__PORT": str(port),
-                "RILLET_SERVER__WORKERS": "1",
-                "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "1200",
-                "RILLET_SERVER__METRICS_DIR": str(work / f"metrics-{port}"),
-                "RILLET_SERVER__METRICS_PORT": str(free_port()),
-            }
-            proc = stack.enter_context(
-                started(
-                    [*python, "serve"],
-                    env,
-                    f"http://127.0.0.1:{port}/readyz",
-                    work / f"rillet-{port}.log",
-                )
-            )
-            servers.append(
-                Server(name, f"http://127.0.0.1:{port}", loadgen.APIS["rillet"], "", proc)
-            )
-
-        if langgraph_venv is not None:
-            port = free_port()
-            app_dir = work / "langgraph-app"
-            app_dir.mkdir()
-            graph = "bench.langgraph_app:graph"
-            config = {"dependencies": ["."], "graphs": {"agent": graph}}
-            (app_dir / "langgraph.json").write_text(json.dumps(config))
-            env = {
-                **model_env,
-                "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT)]),
-                "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-                "LOG_LEVEL": "WARNING",
-            }
-            proc = stack.enter_context(
-                started(
-                    [
-                        str(langgraph_venv / "bin" / "langgraph"),
-                        "dev",
-                        "--no-browser",
-                        "--no-reload",
-                        "--port",
-                        str(port),
-                        "--n-jobs-per-worker",
-                        "1200",
-                        "--config",
-                        str(app_dir / "langgraph.json"),
-                    ],
-                    env,
-                    f"http://127.0.0.1:{port}/ok",
-                    work / "langgraph.log",
-                    cwd=app_dir,
-                )
-            )
-            servers.append(
-                Server(
-                    "langgraph",
-                    f"http://127.0.0.1:{port}",
-                    loadgen.APIS["langgraph"],
-                    "agent",
-                    proc,
-                )
-            )
-
+        servers = [model, *(stack.enter_context(start()) for _, start in starts)]
         for server in servers:  # warm up imports, pools and caches
             await wave(server, 10, tokens)
-        memory = {}
-        for server in servers[1:]:  # before the big waves grow the heaps
-            memory[server.name] = await memory_per_1000_streams(server, fake_url, tokens)
-            print(f"{server.name}: {memory[server.name]:.0f} MiB per 1,000 streams", flush=True)
-        for server in servers:  # and again: the memory test's cancellations are behind us
-            await wave(server, 10, tokens)
-
         waves: list[dict[str, Any]] = []
         for index, level in enumerate(levels):
             order = servers[index % len(servers) :] + servers[: index % len(servers)]
@@ -426,8 +389,59 @@ async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> di
                     f"{fmt(row['ttft_ms']['p99'])} ms",
                     flush=True,
                 )
-        names = [s.name for s in servers[1:]]
-        waves.sort(key=lambda w: (w["concurrency"], [s.name for s in servers].index(w["server"])))
+    names = [s.name for s in servers]
+    waves.sort(key=lambda w: (w["concurrency"], names.index(w["server"])))
+    return waves
+
+
+async def measure_memory(
+    starts: list[tuple[str, ServerStart]], fake_url: str, tokens: int
+) -> dict[str, float]:
+    """Memory per 1,000 open streams, each server a fresh process of its own, one at a time.
+
+    After the waves, not before: LangGraph's server goes on running the 1,000 streams its
+    clients left (the memory test cancels them), and they keep failing the runs that come
+    next (its model pool exhausted, the circuit breaker open); a fresh process also measures
+    the streams alone, not a heap the waves have grown.
+    """
+    memory = {}
+    for name, start in starts:
+        with start() as server:
+            await wave(server, 10, tokens)  # warm up imports, pools and caches
+            memory[name] = await memory_per_1000_streams(server, fake_url, tokens)
+        print(f"{name}: {memory[name]:.0f} MiB per 1,000 streams", flush=True)
+    return memory
+
+
+async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))
+    fake_port = free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    fake_command = [
+        sys.executable,
+        "-m",
+        "rillet_runtime",
+        "fake-llm",
+        "--port",
+        str(fake_port),
+        "--ttft-ms",
+        str(TTFT_MS),
+        "--token-delay-ms",
+        str(TOKEN_DELAY_MS),
+        "--answer-tokens",
+        str(tokens),
+    ]
+    with contextlib.ExitStack() as stack:
+        fake_proc = stack.enter_context(
+            started(fake_command, {}, f"{fake_url}/_fake/stats", work / "fake.log")
+        )
+        model = Server("model", fake_url, loadgen.APIS["openai"], "fake", fake_proc)
+        redis = RedisServer(work / "redis")
+        redis.start()
+        stack.callback(redis.kill)
+        starts = server_starts(work, fake_url, redis.url, langgraph_venv)
+        waves = await measure_waves(model, starts, levels, tokens)
+        memory = await measure_memory(starts, fake_url, tokens)
 
     result: dict[str, Any] = {
         "machine": {
@@ -437,7 +451,7 @@ async def run(levels: list[int], tokens: int, langgraph_venv: Path | None) -> di
         },
         "model": {"ttft_ms": TTFT_MS, "token_delay_ms": TOKEN_DELAY_MS, "answer_tokens": tokens},
         "waves": waves,
-        **derive(waves, names),
+        **derive(waves, [name for name, _ in starts]),
         "memory_per_1000_streams_mib": memory,
     }
     result["ratios"] = ratios(result)

@@ -37,6 +37,17 @@ log = logging.getLogger(__name__)
 CORS_METHODS = ["GET", "POST", "PATCH", "DELETE"]  # every method the APIs route
 
 
+def model_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The pool the graph's model calls (and JWKS fetches) share: a connection for every
+    stream the worker admits, where httpx's default of 100 would queue the rest; the
+    streaming benchmark gives LangGraph's server the same."""
+    limits = httpx.Limits(
+        max_connections=settings.server.max_streams_per_worker + 20,
+        max_keepalive_connections=100,
+    )
+    return httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds)
+
+
 def create_app(settings: Settings) -> FastAPI:
     admission = Admission(settings.server.max_streams_per_worker, settings.server.drain_file)
     # sse-starlette would cancel every open stream on SIGTERM; we drain them instead.
@@ -44,12 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
-        limits = httpx.Limits(
-            max_connections=settings.server.max_streams_per_worker + 20,
-            max_keepalive_connections=100,
-        )
         async with (
-            httpx.AsyncClient(limits=limits, timeout=settings.model.timeout_seconds) as http,
+            model_http_client(settings) as http,
             open_authenticator(settings.auth, http) as authenticator,
             open_state(settings) as state,
             open_retriever(settings, state.embedding_cache) as retriever,
