@@ -7,6 +7,8 @@ at a fixed time to first token and delay between tokens:
 - floor: a bare Starlette endpoint relaying the model's tokens as SSE, no graph: the
   floor for Python SSE here (`bench.floor`);
 - rillet (memory) and rillet (redis): `rillet serve` with the built-in RAG graph;
+- rillet (langgraph api): the same, in memory, driven through LangGraph's Agent Server API
+  (`messages-tuple`), as LangGraph's clients drive it;
 - langgraph: the same graph on LangGraph's own server (`langgraph dev`, in-memory), when
   its virtual environment is there (`make bench` builds it).
 
@@ -196,7 +198,7 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
             cpu.setdefault(row["server"], []).append(row["cpu_seconds_per_1000_tokens"])
     mean_cpu = {name: statistics.median(v) for name, v in cpu.items()}
     out: dict[str, Any] = {}
-    for ours in ("rillet (memory)", "rillet (redis)"):
+    for ours in ("rillet (memory)", "rillet (redis)", "rillet (langgraph api)"):
         for other in ("langgraph", "floor"):
             concurrency = {}
             for bound, reached in result["max_concurrency_under_bound"].items():
@@ -299,7 +301,10 @@ def floor_server(work: Path, fake_url: str) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def rillet_server(name: str, work: Path, env: dict[str, str]) -> Iterator[Server]:
+def rillet_server(
+    name: str, work: Path, env: dict[str, str], api: str = "rillet"
+) -> Iterator[Server]:
+    """`rillet serve`, driven through one of its APIs: the native one, or LangGraph's."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -311,8 +316,9 @@ def rillet_server(name: str, work: Path, env: dict[str, str]) -> Iterator[Server
         "RILLET_SERVER__METRICS_PORT": str(free_port()),
     }
     command = [sys.executable, "-m", "rillet_runtime", "serve"]
+    assistant = "agent" if api == "langgraph" else ""
     with started(command, env, f"{url}/readyz", work / f"rillet-{port}.log") as proc:
-        yield Server(name, url, loadgen.APIS["rillet"], "", proc)
+        yield Server(name, url, loadgen.APIS[api], assistant, proc)
 
 
 @contextlib.contextmanager
@@ -363,6 +369,10 @@ def server_starts(
         (
             "rillet (redis)",
             lambda: rillet_server("rillet (redis)", work, {**model_env, **redis_env}),
+        ),
+        (
+            "rillet (langgraph api)",
+            lambda: rillet_server("rillet (langgraph api)", work, model_env, api="langgraph"),
         ),
     ]
     if langgraph_venv is not None:
