@@ -18,7 +18,7 @@ from uuid import UUID
 
 import anyio
 from langchain_core.callbacks import AsyncCallbackHandler
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.constants import TAG_HIDDEN, TAG_NOSTREAM
 from langgraph.pregel import Pregel
@@ -77,9 +77,10 @@ class Dialect(Protocol):
     def start(self, request: RunRequest) -> tuple[str, Any]: ...
 
     def output(
-        self, namespace: tuple[str, ...], mode: str, chunk: Any, streamed: set[str]
+        self, namespace: tuple[str, ...], mode: str, chunk: Any, seen: set[str]
     ) -> list[_Token | _Event]:
-        """What the graph streamed (`astream(..., subgraphs=True)`), as queue items."""
+        """What the graph streamed (`astream(..., subgraphs=True)`), as queue items; `seen`:
+        the ids of messages the client has (streamed, or a node's input)."""
         ...
 
     def token(self, text: str, call: ModelCall | None) -> tuple[str, Any]: ...
@@ -137,7 +138,7 @@ class _TokenSink(AsyncCallbackHandler):
         self.queue = queue
         self.usage = usage
         self.dialect = dialect
-        self.streamed_message_ids: set[str] = set()
+        self.seen_message_ids: set[str] = set()
         self._muted: set[UUID] = set()
         self._calls: dict[UUID, ModelCall] = {}
 
@@ -156,6 +157,22 @@ class _TokenSink(AsyncCallbackHandler):
         elif (call := self.dialect.model_call(metadata, tags, kwargs.get("name"))) is not None:
             self._calls[run_id] = call
 
+    async def on_chain_start(
+        self,
+        serialized: Any,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A node's input messages are the client's already: never new answers."""
+        if metadata and kwargs.get("name") == metadata.get("langgraph_node"):
+            messages = inputs.get("messages") if isinstance(inputs, dict) else None
+            for message in messages if isinstance(messages, list) else ():
+                if isinstance(message, BaseMessage) and message.id:
+                    self.seen_message_ids.add(message.id)
+
     async def on_llm_new_token(
         self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
     ) -> None:
@@ -166,7 +183,7 @@ class _TokenSink(AsyncCallbackHandler):
         if message is not None:
             _add_usage(self.usage.reported, message.usage_metadata)
             if message.id:
-                self.streamed_message_ids.add(message.id)
+                self.seen_message_ids.add(message.id)
                 if call is not None:
                     call.message_id = message.id
             if call is not None and getattr(message, "tool_call_chunks", None):
@@ -190,11 +207,15 @@ class _TokenSink(AsyncCallbackHandler):
         return output
 
 
-def unstreamed_answers(update: dict[str, Any], streamed: set[str]) -> list[AIMessage]:
-    """Answers a node returned without streaming them (a cached answer, a non-streaming model)."""
+def new_answers(update: dict[str, Any], seen: set[str]) -> list[AIMessage]:
+    """Answers in a node's update the client has not seen (a cached answer, a non-streaming
+    model's), now marked seen: not the streamed ones, not the node's input (an update from
+    a subgraph carries its whole message list), and each only once."""
     messages = update.get("messages", [])
     messages = messages if isinstance(messages, list) else [messages]
-    return [m for m in messages if isinstance(m, AIMessage) and m.id not in streamed and m.text]
+    new = [m for m in messages if isinstance(m, AIMessage) and m.id not in seen and m.text]
+    seen.update(m.id for m in new if m.id)
+    return new
 
 
 class NativeDialect:
@@ -215,7 +236,7 @@ class NativeDialect:
         return "metadata", {"thread_id": request.thread_id, "run_id": request.run_id}
 
     def output(
-        self, namespace: tuple[str, ...], mode: str, chunk: Any, streamed: set[str]
+        self, namespace: tuple[str, ...], mode: str, chunk: Any, seen: set[str]
     ) -> list[_Token | _Event]:
         items: list[_Token | _Event] = []
         for node, update in chunk.items() if isinstance(chunk, dict) else ():
@@ -224,9 +245,7 @@ class NativeDialect:
             elif isinstance(update, dict):
                 if update.get("sources"):
                     items.append(("event", "sources", {"sources": list(update["sources"])}))
-                items += [
-                    ("token", str(m.text), None) for m in unstreamed_answers(update, streamed)
-                ]
+                items += [("token", str(m.text), None) for m in new_answers(update, seen)]
         return items
 
     def token(self, text: str, call: ModelCall | None) -> tuple[str, Any]:
@@ -261,7 +280,7 @@ async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
                 **request.options,
             ):
                 namespace, mode, chunk = cast(tuple[tuple[str, ...], str, Any], part)
-                for item in dialect.output(namespace, mode, chunk, sink.streamed_message_ids):
+                for item in dialect.output(namespace, mode, chunk, sink.seen_message_ids):
                     await queue.put(item)
         if save_failures:
             log.warning("run %s: state not saved: %r", request.run_id, save_failures[0])

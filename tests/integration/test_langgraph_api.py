@@ -294,6 +294,11 @@ def test_a_user_graph_streams_from_its_subgraph_and_waits_for_a_human(
     assert resumed["messages"][-1]["content"] == "reviewed: yes"
     assert lg.threads.get(thread_id)["status"] == "idle"
 
+    # A second turn streams its own answer only: the subgraph's update carries the whole
+    # conversation, and the earlier answers in it are not sent again.
+    again = lg.runs.stream(thread_id, "reviewed", input=QUESTION, stream_mode="messages-tuple")
+    assert text_of(list(again)) == EXPECTED
+
 
 def test_remote_graph_invokes_streams_and_nests(server: Process) -> None:
     remote = RemoteGraph("agent", url=server.url, api_key=KEYS["alice"])

@@ -26,7 +26,7 @@ from rillet_runtime.api.deps import (
     thread_key,
 )
 from rillet_runtime.api.errors import ERROR_RESPONSES, ApiError, require_json
-from rillet_runtime.api.sse import ClosingEventSourceResponse, from_origin, sse_events
+from rillet_runtime.api.sse import ClosingEventSourceResponse, closer, from_origin, sse_events
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
 from rillet_runtime.events import CheckpointCorrupt, RunEvent
@@ -110,8 +110,9 @@ async def chat_stream(
     origin: asyncio.Queue[RunEvent | None] = asyncio.Queue(
         runtime.settings.streaming.queue_max_events
     )
-    detach = runtime.run_log.publish(started.request.run_id, started.events, origin)
-    return EventSourceResponse(from_origin(origin, detach), ping=heartbeat, sep="\n")
+    grace = runtime.settings.streaming.resume_grace_seconds
+    detach = runtime.run_log.publish(started.request.run_id, started.events, origin, grace)
+    return ClosingEventSourceResponse(from_origin(origin, detach), closer(detach), heartbeat)
 
 
 @router.post("/chat", dependencies=[Depends(require_json)])

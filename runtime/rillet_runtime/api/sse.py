@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rillet_runtime.events import RunEvent, dumps_data
@@ -52,8 +53,37 @@ class ClosingEventSourceResponse(EventSourceResponse):
         self._close = close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):  # the client may be gone: finish anyway
-                await self._close()
+        await _then(super().__call__(scope, receive, send), self._close)
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """The same for a plain streamed body (a JSON answer sent when ready)."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, media_type="application/json", headers=headers)
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _then(super().__call__(scope, receive, send), self._close)
+
+
+async def _then(response: Awaitable[None], close: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await response
+    finally:
+        with anyio.CancelScope(shield=True):  # the client may be gone: finish anyway
+            await close()
+
+
+def closer(detach: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    """`detach` (idempotent) as a response's `close`."""
+
+    async def close() -> None:
+        detach()
+
+    return close

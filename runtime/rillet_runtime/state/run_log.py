@@ -72,7 +72,6 @@ class RunLog(ABC):
 
     ttl_ms: int
     max_events: int
-    grace_seconds: float
     _detached: set[asyncio.Task[None]] = field(default_factory=set)
 
     shared: ClassVar[bool]
@@ -95,20 +94,23 @@ class RunLog(ABC):
     def ended(self, run_id: str) -> None:
         """The run's publisher stopped (with or without a terminal event)."""
 
+    @abstractmethod
+    async def alive(self, run_id: str) -> bool:
+        """Some worker is publishing the run now (its beat is fresh)."""
+
     def publish(
         self,
         run_id: str,
         events: AsyncGenerator[RunEvent],
         origin: asyncio.Queue[RunEvent | None] | None,
-        grace_seconds: float | None = -1,
+        grace: float | None,
     ) -> Callable[[], None]:
         """Run to the end in the background, logging every event and feeding the origin client.
 
-        Returns `detach`: call it when the origin client leaves. The run then goes on for
-        the grace period (`grace_seconds`, -1: the log's; None: to its end), and longer
-        while a follower reads; otherwise it is cancelled. No origin: detached from the start.
+        Returns `detach`: call it (once or more) when the origin client leaves. The run then
+        goes on for `grace` seconds (None: to its end), and longer while a follower reads;
+        otherwise it is cancelled. No origin: detached from the start.
         """
-        grace = self.grace_seconds if grace_seconds == -1 else grace_seconds
         detached_at: list[float] = [] if origin is not None else [time.monotonic()]
         unwritten: asyncio.Queue[RunEvent | None] = asyncio.Queue()
 
@@ -127,26 +129,31 @@ class RunLog(ABC):
                 if done:
                     return
 
+        async def keep_alive() -> None:
+            """Each second while the run lives, events or not (a node may think for long):
+            its owner key stays, a follower reading extends the grace, and past the grace
+            the run is stopped."""
+            while True:
+                now = time.monotonic()
+                with contextlib.suppress(redis.RedisError):
+                    if await self.beat(run_id) and detached_at:
+                        detached_at[:] = [now]
+                if grace is not None and detached_at and now - detached_at[0] > grace:
+                    log.info("run %s: nobody resumed within the grace period; cancelling", run_id)
+                    task.cancel()
+                    return
+                await asyncio.sleep(_BEAT_SECONDS)
+
         async def pump() -> None:
-            last_beat = 0.0
             writer = self.spawn(write_behind(), f"run-log-{run_id}")
+            beating = self.spawn(keep_alive(), f"run-alive-{run_id}")
             try:
                 async for event in events:
                     if origin is not None and not detached_at:
                         await origin.put(event)
                     unwritten.put_nowait(event)
-                    now = time.monotonic()
-                    if now - last_beat >= _BEAT_SECONDS:
-                        last_beat = now
-                        with contextlib.suppress(redis.RedisError):
-                            if await self.beat(run_id):
-                                detached_at[:] = [now] if detached_at else []
-                    if grace is not None and detached_at and now - detached_at[0] > grace:
-                        log.info(
-                            "run %s: nobody resumed within the grace period; cancelling", run_id
-                        )
-                        return
             finally:
+                beating.cancel()
                 await events.aclose()
                 unwritten.put_nowait(None)
                 await asyncio.shield(writer)  # the terminal event is logged before we end
@@ -161,7 +168,7 @@ class RunLog(ABC):
                 detached_at.append(time.monotonic())
             while origin is not None and not origin.empty():  # unblock the pump
                 origin.get_nowait()
-            if grace == 0:  # now, not at the next event: a stalled model may send none
+            if grace == 0:  # now, not at the next beat
                 task.cancel()
 
         return detach
@@ -186,6 +193,9 @@ class RedisRunLog(RunLog):
 
     def ended(self, run_id: str) -> None:
         """Nothing to do: the terminal event deleted the owner key, or it lapses."""
+
+    async def alive(self, run_id: str) -> bool:
+        return bool(await self.client.exists(run_key(run_id, "owner")))
 
     async def append(self, run_id: str, *batch: RunEvent) -> None:
         """Append events in one round trip (a pipeline of XADDs, their TTL, the owner)."""
@@ -221,8 +231,10 @@ class RedisRunLog(RunLog):
     ) -> AsyncGenerator[RunEvent] | None:
         events, owner, reader = _keys(run_id)
         newest = await self.client.xrevrange(events, count=1)
-        if not newest:
-            return None
+        if not newest:  # nothing logged yet: known if its publisher beats
+            if not await self.client.exists(owner):
+                return None
+            return self._follow(events, owner, reader, last_event_id or 0)
         if last_event_id is None:  # from now on: nothing if the run is over
             entry_id, fields = newest[0]
             if fields[b"e"].decode() in TERMINAL:
@@ -277,19 +289,30 @@ class MemoryRunLog(RunLog):
     shared: ClassVar[bool] = False
     _runs: dict[str, _Logged] = field(default_factory=dict)
 
-    async def append(self, run_id: str, *batch: RunEvent) -> None:
+    def _kept(self, run_id: str) -> _Logged:
+        """The run's log, kept `ttl_ms` from now; a new run's first drops the expired."""
         now = time.monotonic()
         if run_id not in self._runs:
             for expired in [key for key, run in self._runs.items() if run.expires_at < now]:
                 del self._runs[expired]
         logged = self._runs.setdefault(run_id, _Logged())
+        logged.expires_at = now + self.ttl_ms / 1000
+        return logged
+
+    async def append(self, run_id: str, *batch: RunEvent) -> None:
+        logged = self._kept(run_id)
         logged.events += batch
         del logged.events[: -self.max_events]
-        logged.expires_at = now + self.ttl_ms / 1000
         logged.wake()
 
     async def beat(self, run_id: str) -> bool:
-        return False  # a follower here keeps nothing alive: the run is in this process
+        """Known (followable) from its first beat, and kept while it lives."""
+        self._kept(run_id)
+        return False  # a follower here extends nothing: the run is in this process
+
+    async def alive(self, run_id: str) -> bool:
+        logged = self._runs.get(run_id)
+        return logged is not None and not logged.ended
 
     def ended(self, run_id: str) -> None:
         if (logged := self._runs.get(run_id)) is not None:
@@ -327,5 +350,5 @@ def open_run_log(client: Any | None, settings: StreamingSettings) -> RunLog:
     """On Redis when there is one, else in the worker."""
     limits = (int(settings.resume_ttl_seconds * 1000), settings.resume_max_events)
     if client is None:
-        return MemoryRunLog(*limits, settings.resume_grace_seconds)
-    return RedisRunLog(*limits, settings.resume_grace_seconds, client=client)
+        return MemoryRunLog(*limits)
+    return RedisRunLog(*limits, client=client)

@@ -130,10 +130,11 @@ class RedisRunRegistry:
             return
         while True:
             try:
-                async with self.client.pubsub() as pubsub:
+                async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CANCEL_CHANNEL)
-                    async for message in pubsub.listen():
-                        run_id = _text(message["data"]) if message["type"] == "message" else None
+                    while True:  # not listen(): older redis-py applies the socket timeout there
+                        message = await pubsub.get_message(timeout=1.0)
+                        run_id = _text(message["data"]) if message else None
                         if run_id is not None and (cancel := self.local.get(run_id)):
                             cancel.set()
             except redis.RedisError as exc:
@@ -180,6 +181,6 @@ class MemoryRunRegistry:
         return self.owners.get(run_id)
 
     async def request_cancel(self, run_id: str) -> None:
-        self.cancelled.add(run_id)  # also a run still waiting for its thread
-        if (cancel := self.local.get(run_id)) is not None:
+        if (cancel := self.local.get(run_id)) is not None:  # also one waiting for its thread
             cancel.set()
+            self.cancelled.add(run_id)

@@ -94,7 +94,7 @@ async def get_assistant(assistant: AssistantPath, runtime: RuntimeDep) -> dict[s
     return _assistant(runtime)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)
 def _drawn(graph: Any, xray: int | bool) -> dict[str, Any]:
     """The graph as LangGraph's server draws it (langchain_core's `Graph.to_json()`); it
     never changes while the worker lives."""
@@ -112,7 +112,7 @@ async def get_graph(
     xray: Annotated[int | bool, Query(description="draw subgraphs (true or a depth)")] = False,
 ) -> dict[str, Any]:
     graph_id_for(runtime, assistant)
-    return _drawn(runtime.graph, xray)
+    return _drawn(runtime.graph, xray if isinstance(xray, bool) else min(xray, 8))
 
 
 def _schema(get: Any) -> dict[str, Any] | None:

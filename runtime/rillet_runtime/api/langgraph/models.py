@@ -1,8 +1,9 @@
 """Request bodies of LangGraph's Agent Server API, as its SDKs send them.
 
 Fields the SDKs send that Rillet does not act on are accepted when they ask for nothing
-(`webhook: null`, `after_seconds: 0`, tracing options) and refused by name otherwise;
-unknown fields are refused (422 naming them), so a typo is never silently ignored.
+(`webhook: null`, `after_seconds: 0`, tracing options) and refused by name otherwise.
+Unknown fields are ignored, as LangGraph's server does: a newer SDK's new field must not
+fail every request of every client.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ ThreadId = Annotated[str, Field(pattern=THREAD_ID_PATTERN)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
 
 class CommandBody(_Body):
@@ -32,7 +33,7 @@ class CommandBody(_Body):
 
 class RunCreate(_Body):
     assistant_id: str = Field(description="the graph's id, or its assistant's uuid")
-    input: dict[str, Any] | None = None
+    input: dict[str, Any] | list[Any] | None = None
     command: CommandBody | None = None
     config: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
@@ -99,7 +100,9 @@ class ThreadSearch(_Body):
     status: ThreadStatus | None = None
     limit: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0)
-    sort_by: Literal["thread_id", "status", "created_at", "updated_at"] = "updated_at"
+    sort_by: Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"] = (
+        "updated_at"
+    )
     sort_order: Literal["asc", "desc"] = "desc"
     select: list[str] | None = None
     extract: dict[str, Any] | None = None

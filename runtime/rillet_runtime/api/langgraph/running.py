@@ -29,7 +29,7 @@ from rillet_runtime.auth import Principal
 from rillet_runtime.events import RunEvent
 from rillet_runtime.state.threads import RunRecord, RunStatus, ThreadRecord, now_iso
 
-_STATUS_BY_CODE: dict[str, RunStatus] = {
+_RUN_STATUS_BY_CODE: dict[str, RunStatus] = {
     "stream_timeout": "timeout",
     "run_cancelled": "interrupted",
 }
@@ -50,10 +50,12 @@ def _input_texts(graph_input: Any) -> list[str]:
 
 
 def _graph_input(body: RunCreate, runtime: Runtime) -> Any:
+    limits = runtime.settings.limits
     if body.command is not None:
         command = body.command
+        check_input(_input_texts(command.update), limits, "command.update.messages")
         return Command(resume=command.resume, update=command.update, goto=command.goto or ())
-    check_input(_input_texts(body.input), runtime.settings.limits, "input.messages")
+    check_input(_input_texts(body.input), limits, "input.messages")
     return body.input
 
 
@@ -185,10 +187,18 @@ async def start(
             await runtime.threads.delete_run(
                 principal.key, prepared.thread_id, started.guard.interrupted
             )
-        prepared.record.status = "running"
-        prepared.record.updated_at = prepared.thread.updated_at = now_iso()
+        prepared.record.status, prepared.record.updated_at = "running", now_iso()
         if prepared.keep_thread:
-            await runtime.threads.put_thread(principal.key, prepared.thread)
+            # As it is now (a queued run waited): what the run adds is which graph ran it.
+            thread = await runtime.threads.get_thread(principal.key, prepared.thread_id)
+            if thread is None:
+                thread = prepared.thread
+            else:
+                thread.metadata.update(
+                    {key: prepared.thread.metadata[key] for key in ("graph_id", "assistant_id")}
+                )
+            thread.updated_at = prepared.record.updated_at
+            await runtime.threads.put_thread(principal.key, thread)
             await runtime.threads.put_run(principal.key, prepared.record)
     except BaseException:
         await started.close()
@@ -204,16 +214,20 @@ async def finish(
     status: RunStatus,
     error: dict[str, Any] | None,
 ) -> None:
-    record, thread = prepared.record, prepared.thread
-    record.status = status
-    record.updated_at = thread.updated_at = now_iso()
-    thread.error = error
+    """The run's record, and its thread's as it is now (metadata patched during the run
+    stays): a failure is the thread's error; any other end clears it (a cancel, a
+    timeout and a client that left are not the graph failing)."""
+    record, thread_id = prepared.record, prepared.thread_id
+    record.status, record.updated_at = status, now_iso()
     with contextlib.suppress(redis.RedisError):  # the run is over either way
-        if prepared.keep_thread:
-            await runtime.threads.put_run(principal.key, record)
-            await runtime.threads.put_thread(principal.key, thread)
-        else:
-            await runtime.checkpointer.adelete_thread(thread_key(principal, thread.thread_id))
+        if not prepared.keep_thread:
+            await runtime.checkpointer.adelete_thread(thread_key(principal, thread_id))
+            return
+        await runtime.threads.put_run(principal.key, record)
+        thread = await runtime.threads.get_thread(principal.key, thread_id) or prepared.thread
+        thread.error = error if status == "error" else None
+        thread.updated_at = record.updated_at
+        await runtime.threads.put_thread(principal.key, thread)
 
 
 async def _recorded(
@@ -232,7 +246,7 @@ async def _recorded(
                     finished = True
                 elif event.event == "error":
                     code = event.data["error"]
-                    status = _STATUS_BY_CODE.get(code, "error")
+                    status = _RUN_STATUS_BY_CODE.get(code, "error")
                     failure = {"error": code, "message": event.data["message"]}
                     await finish(runtime, principal, prepared, status, failure)
                     finished = True

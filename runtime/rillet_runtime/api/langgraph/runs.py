@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -41,11 +42,17 @@ from rillet_runtime.api.langgraph.running import (
 )
 from rillet_runtime.api.langgraph.shapes import run_json
 from rillet_runtime.api.langgraph.threads import own_thread
-from rillet_runtime.api.sse import ClosingEventSourceResponse, from_origin, sse_events
+from rillet_runtime.api.sse import (
+    ClosingEventSourceResponse,
+    ClosingStreamingResponse,
+    closer,
+    from_origin,
+    sse_events,
+)
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
 from rillet_runtime.events import RunEvent, dumps_data
-from rillet_runtime.state.threads import RunRecord, RunStatus
+from rillet_runtime.state.threads import RunRecord, RunStatus, now_iso
 
 router = APIRouter(
     tags=["langgraph: runs"], dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES
@@ -57,6 +64,7 @@ json_body = [Depends(require_json)]
 
 ACTIVE: frozenset[RunStatus] = frozenset({"pending", "running"})
 KEEPALIVE_SECONDS = 5.0  # a waiting JSON answer sends a newline this often (valid JSON)
+SILENT_SECONDS = 5.0  # a running run's publisher beats each second; its key lives 3 s
 
 
 # --- answers ------------------------------------------------------------------------------
@@ -93,15 +101,16 @@ async def _result_of_thread(
 
 
 def _json_when_ready(
-    result: Awaitable[Any],
+    result: Callable[[], Awaitable[Any]],
     headers: dict[str, str],
-    on_close: Callable[[], None] | None = None,
-) -> StreamingResponse:
+    detach: Callable[[], None] | None = None,
+) -> ClosingStreamingResponse:
     """One JSON document, preceded by a newline every few seconds while it is computed
-    (what LangGraph's server does, so proxies do not cut a long wait)."""
+    (what LangGraph's server does, so proxies do not cut a long wait). `detach` runs when
+    the response ends, however it ends."""
 
     async def body() -> AsyncIterator[bytes]:
-        task = asyncio.ensure_future(result)
+        task = asyncio.ensure_future(result())
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
@@ -111,10 +120,12 @@ def _json_when_ready(
                 yield b"\n"
         finally:
             task.cancel()
-            if on_close is not None:
-                on_close()
 
-    return StreamingResponse(body(), media_type="application/json", headers=headers)
+    return ClosingStreamingResponse(body(), closer(detach or _nothing), headers)
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _own_run(
@@ -129,12 +140,31 @@ async def _own_run(
 async def _when_over(
     runtime: Runtime, principal: Principal, thread_id: str, run_id: str
 ) -> RunRecord:
-    """The run's record once it has ended (any worker may run it: its record is shared)."""
-    pause = 0.05
+    """The run's record once it has ended (any worker may run it: its record is shared).
+    A record that says running while nobody publishes the run (its worker died before it
+    could write the end) is the run interrupted, and written so."""
+    pause, silent_since = 0.05, None
     while (run := await _own_run(runtime, principal, thread_id, run_id)).status in ACTIVE:
+        if run.status == "running" and not await runtime.run_log.alive(run_id):
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > SILENT_SECONDS:
+                run.status, run.updated_at = "interrupted", now_iso()
+                await runtime.threads.put_run(principal.key, run)
+                return run
+        else:
+            silent_since = None
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.5)
     return run
+
+
+async def _joined(runtime: Runtime, principal: Principal, thread_id: str, run_id: str) -> Any:
+    """What `join` answers; a run forgotten meanwhile (rolled back) is an `__error__`."""
+    try:
+        run = await _when_over(runtime, principal, thread_id, run_id)
+    except ApiError as gone:
+        return _error_result({"error": gone.code, "message": str(gone.detail)})
+    return await _result_of_thread(runtime, principal, thread_id, run)
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -151,11 +181,9 @@ async def _stream(
     started = await start(runtime, principal, prepared, request.is_disconnected)
     origin, detach = publish(runtime, started, grace_for(runtime, body))
     headers = response_headers(shown_thread(prepared), started.request.run_id, "/stream")
-    return EventSourceResponse(
-        from_origin(origin, detach),
-        ping=runtime.settings.streaming.heartbeat_seconds,
-        sep="\n",
-        headers=headers,
+    heartbeat = runtime.settings.streaming.heartbeat_seconds
+    return ClosingEventSourceResponse(
+        from_origin(origin, detach), closer(detach), heartbeat, headers
     )
 
 
@@ -192,7 +220,7 @@ async def _wait(
     started = await start(runtime, principal, prepared, request.is_disconnected)
     origin, detach = publish(runtime, started, grace_for(runtime, body))
     headers = response_headers(shown_thread(prepared), started.request.run_id, "/join")
-    return _json_when_ready(_result_of_events(origin), headers, detach)
+    return _json_when_ready(lambda: _result_of_events(origin), headers, detach)
 
 
 @router.post("/threads/{thread_id}/runs/wait", dependencies=json_body)
@@ -233,9 +261,13 @@ async def _background(
         return JSONResponse(run_json(prepared.record), headers=headers)
 
     slot = admit_stream(runtime, prepared.run.endpoint)
-    if prepared.keep_thread:
-        await runtime.threads.put_thread(principal.key, prepared.thread)
-        await runtime.threads.put_run(principal.key, prepared.record)
+    try:
+        if prepared.keep_thread:
+            await runtime.threads.put_thread(principal.key, prepared.thread)
+            await runtime.threads.put_run(principal.key, prepared.record)
+    except BaseException:
+        slot.release()
+        raise
 
     async def when_admitted() -> None:
         try:
@@ -245,6 +277,10 @@ async def _background(
             failure = {"error": refused.code, "message": str(refused.detail)}
             await finish(runtime, principal, prepared, status, failure)
             return
+        except BaseException:  # the worker stops, or the state store failed
+            with anyio.CancelScope(shield=True):
+                await finish(runtime, principal, prepared, "interrupted", None)
+            raise
         runtime.run_log.publish(run_id, started.events, None, None)
 
     runtime.run_log.spawn(when_admitted(), f"enqueued-{run_id}")
@@ -294,12 +330,10 @@ async def join_run(
 ) -> StreamingResponse:
     """Wait for the run to end and answer the thread's values, as `wait` does."""
     await _own_run(runtime, principal, thread_id, run_id)
-
-    async def result() -> Any:
-        run = await _when_over(runtime, principal, thread_id, run_id)
-        return await _result_of_thread(runtime, principal, thread_id, run)
-
-    return _json_when_ready(result(), response_headers(thread_id, run_id, "/join"))
+    return _json_when_ready(
+        lambda: _joined(runtime, principal, thread_id, run_id),
+        response_headers(thread_id, run_id, "/join"),
+    )
 
 
 def _base_mode(event: str) -> str:
@@ -347,7 +381,10 @@ async def join_stream(
 ) -> EventSourceResponse:
     """Follow a run from any worker: after `Last-Event-ID` (`-1`: from its start), or from
     now on without one; ends with the run."""
-    await _own_run(runtime, principal, thread_id, run_id)
+    pause = 0.05
+    while (await _own_run(runtime, principal, thread_id, run_id)).status == "pending":
+        await asyncio.sleep(pause)  # queued for its thread: nothing to follow yet
+        pause = min(pause * 2, 0.5)
     after = max(0, int(last_event_id)) if last_event_id else None
     events = await runtime.run_log.follow(run_id, after)
     if events is None:
@@ -386,20 +423,19 @@ async def cancel_run(
         )
     await runtime.runs.request_cancel(run_id)
 
+    async def rolled_back() -> None:
+        await _when_over(runtime, principal, thread_id, run_id)
+        await runtime.checkpointer.adelete_for_runs([run_id])
+        await runtime.threads.delete_run(principal.key, thread_id, run_id)
+
     async def stopped() -> Any:
-        run = await _when_over(runtime, principal, thread_id, run_id)
         if action == "rollback":
-            await runtime.checkpointer.adelete_for_runs([run_id])
-            await runtime.threads.delete_run(principal.key, thread_id, run_id)
+            await rolled_back()
             return {}
-        return await _result_of_thread(runtime, principal, thread_id, run)
+        return await _joined(runtime, principal, thread_id, run_id)
 
     if wait:
-        return _json_when_ready(stopped(), response_headers(thread_id, run_id, "/join"))
+        return _json_when_ready(stopped, response_headers(thread_id, run_id, "/join"))
     if action == "rollback":
-        runtime.run_log.spawn(_discard(stopped()), f"rollback-{run_id}")
+        runtime.run_log.spawn(rolled_back(), f"rollback-{run_id}")
     return Response(status_code=202)
-
-
-async def _discard(work: Awaitable[Any]) -> None:
-    await work

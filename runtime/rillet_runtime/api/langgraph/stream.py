@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessageChunk
 from langgraph.types import StreamMode
 
 from rillet_runtime.api.langgraph.shapes import public_metadata
-from rillet_runtime.streaming import ModelCall, RunRequest, unstreamed_answers
+from rillet_runtime.streaming import ModelCall, RunRequest, new_answers
 
 # What clients may ask for, and what is refused with a clear 422.
 SupportedMode = Literal["values", "updates", "messages-tuple", "custom"]
@@ -37,7 +37,7 @@ class LangGraphDialect:
         self.subgraphs = subgraphs
         self.thread_id = thread_id
         self.streams_tokens = "messages-tuple" in self.modes
-        # `updates` always: interrupts arrive there, and unstreamed answers for messages.
+        # `updates` always: interrupts arrive there, and answers a node returned whole.
         stream_mode: list[StreamMode] = ["updates"]
         stream_mode += [mode for mode in ("values", "custom") if mode in self.modes]
         self.stream_mode = stream_mode
@@ -57,7 +57,7 @@ class LangGraphDialect:
         return "metadata", {"run_id": request.run_id, "attempt": 1}
 
     def output(
-        self, namespace: tuple[str, ...], mode: str, chunk: Any, streamed: set[str]
+        self, namespace: tuple[str, ...], mode: str, chunk: Any, seen: set[str]
     ) -> list[Any]:
         items: list[Any] = []
         if mode == "updates" and isinstance(chunk, dict):
@@ -66,22 +66,22 @@ class LangGraphDialect:
             if interrupted and not self.modes & {"updates", "values"}:
                 items.append(("event", "values", chunk))
             if self.streams_tokens:
-                items += self._unstreamed(namespace, chunk, streamed)
+                items += self._new_answers(namespace, chunk, seen)
         if namespace and not self.subgraphs:
             return items
         if mode in self.modes:
             items.append(("event", _named(mode, namespace, self.subgraphs), chunk))
         return items
 
-    def _unstreamed(
-        self, namespace: tuple[str, ...], update: dict[str, Any], streamed: set[str]
+    def _new_answers(
+        self, namespace: tuple[str, ...], update: dict[str, Any], seen: set[str]
     ) -> list[Any]:
         """Answers a node returned whole (a cached answer), as one messages event each."""
         items = []
         for node, values in update.items():
             if not isinstance(values, dict):
                 continue
-            for message in unstreamed_answers(values, streamed):
+            for message in new_answers(values, seen):
                 metadata = {"langgraph_node": node, "thread_id": self.thread_id}
                 name = _named("messages", namespace, self.subgraphs)
                 items.append(("event", name, [message, metadata]))

@@ -142,6 +142,7 @@ _SORT_KEYS = {
     "status": lambda t: t["status"],
     "created_at": lambda t: t["created_at"],
     "updated_at": lambda t: t["updated_at"],
+    "state_updated_at": lambda t: t["state_updated_at"],
 }
 
 
