@@ -233,6 +233,7 @@ def test_multitask_strategies(server: Process) -> None:
     with pytest.raises(ConflictError):
         lg.runs.create(thread_id, "agent", input=QUESTION, multitask_strategy="reject")
     assert lg.threads.get(thread_id)["status"] == "busy"
+    assert thread_id in [t["thread_id"] for t in lg.threads.search(status="busy")]
 
     queued = lg.runs.create(thread_id, "agent", input=QUESTION, multitask_strategy="enqueue")
     assert queued["status"] == "pending"

@@ -137,13 +137,8 @@ async def delete_thread(
     return Response(status_code=204)
 
 
-_SORT_KEYS = {
-    "thread_id": lambda t: t["thread_id"],
-    "status": lambda t: t["status"],
-    "created_at": lambda t: t["created_at"],
-    "updated_at": lambda t: t["updated_at"],
-    "state_updated_at": lambda t: t["state_updated_at"],
-}
+# What a search may sort or filter by without reading each thread's state.
+_RECORD_FIELDS = ("thread_id", "created_at", "updated_at")
 
 
 @router.post("/threads/search")
@@ -151,24 +146,36 @@ async def search_threads(
     body: ThreadSearch, runtime: RuntimeDep, principal: PrincipalDep, response: Response
 ) -> list[dict[str, Any]]:
     """The caller's threads only (the index is per principal), filtered like LangGraph's:
-    metadata and values by containment, status exactly."""
-    found = []
-    for record in await runtime.threads.threads(principal.key):
-        if body.ids is not None and record.thread_id not in body.ids:
-            continue
-        if body.metadata is not None and not contains(record.metadata, body.metadata):
-            continue
+    metadata and values by containment, status exactly. Each thread's state is read only
+    for the page, unless a filter or the order needs it (status, values)."""
+    records = [
+        record
+        for record in await runtime.threads.threads(principal.key)
+        if (body.ids is None or record.thread_id in body.ids)
+        and (body.metadata is None or contains(record.metadata, body.metadata))
+    ]
+    descending = body.sort_order == "desc"
+    window = slice(body.offset, body.offset + body.limit)
+
+    async def described(record: ThreadRecord) -> dict[str, Any]:
         snapshot = await snapshot_of(runtime, principal, record.thread_id)
-        thread = await describe(runtime, principal, record, snapshot)
-        if body.status is not None and thread["status"] != body.status:
-            continue
-        if body.values is not None and not contains(thread["values"], body.values):
-            continue
-        found.append(thread)
-    found.sort(key=_SORT_KEYS[body.sort_by], reverse=body.sort_order == "desc")
-    page = found[body.offset : body.offset + body.limit]
-    response.headers["X-Pagination-Total"] = str(len(found))
-    if body.offset + body.limit < len(found):
+        return await describe(runtime, principal, record, snapshot)
+
+    if body.status is None and body.values is None and body.sort_by in _RECORD_FIELDS:
+        records.sort(key=lambda record: getattr(record, body.sort_by), reverse=descending)
+        total, page = len(records), [await described(record) for record in records[window]]
+    else:
+        found = [await described(record) for record in records]
+        found = [
+            thread
+            for thread in found
+            if (body.status is None or thread["status"] == body.status)
+            and (body.values is None or contains(thread["values"], body.values))
+        ]
+        found.sort(key=lambda thread: thread[body.sort_by], reverse=descending)
+        total, page = len(found), found[window]
+    response.headers["X-Pagination-Total"] = str(total)
+    if body.offset + body.limit < total:
         response.headers["X-Pagination-Next"] = str(body.offset + body.limit)
     if body.select:
         return [{key: t[key] for key in body.select if key in t} for t in page]
