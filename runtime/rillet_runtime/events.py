@@ -4,6 +4,7 @@ the state store, so none of them imports another."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,10 +25,17 @@ class RunEvent:
 
 
 def _to_json(value: Any) -> Any:
-    """What orjson cannot write itself: LangChain messages and other pydantic models
-    (as LangGraph's server writes them), anything else by its text."""
+    """What orjson cannot write itself, as LangGraph's server writes it: LangChain messages
+    and other pydantic models dumped, sets as lists, bytes in base64, anything else as its
+    text."""
     dump = getattr(value, "model_dump", None)
-    return dump() if callable(dump) else str(value)
+    if callable(dump):
+        return dump()
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return str(value)
 
 
 def dumps_data(data: Any) -> bytes:

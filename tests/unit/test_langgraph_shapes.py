@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from langchain_core.messages import AIMessage
 from langgraph.types import Interrupt, PregelTask, StateSnapshot
 
@@ -17,7 +18,7 @@ from rillet_runtime.api.langgraph.shapes import (
     thread_status,
 )
 from rillet_runtime.api.langgraph.stream import LangGraphDialect
-from rillet_runtime.events import RunEvent
+from rillet_runtime.events import RunEvent, dumps_data
 from rillet_runtime.settings import StreamingSettings
 from rillet_runtime.state.run_log import open_run_log
 from rillet_runtime.state.threads import ThreadRecord
@@ -114,3 +115,12 @@ async def test_the_in_worker_run_log_replays_follows_and_ends() -> None:
     assert cut is not None
     assert (await anext(cut)).data["code"] == "run_interrupted"
     assert await log.follow("unknown", 0) is None
+
+
+def test_event_data_is_written_as_langgraphs_server_writes_it() -> None:
+    message = AIMessage(content="hi", id="m1")
+    written = orjson.loads(dumps_data({"m": message, "tags": {"a"}, "blob": b"\x00\x01"}))
+    assert written["m"]["type"] == "ai"
+    assert written["m"]["content"] == "hi"
+    assert written["tags"] == ["a"]
+    assert written["blob"] == "AAE="

@@ -412,7 +412,9 @@ async def cancel_run(
     runtime: RuntimeDep,
     principal: PrincipalDep,
     wait: Annotated[bool, Query()] = False,
-    action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
+    action: Annotated[
+        str, Query(max_length=32, description="rollback, else interrupt")
+    ] = "interrupt",
 ) -> Response:
     """Stop a run on whichever worker runs it (within about a second). `rollback` also
     forgets it: its record and the checkpoints it wrote. `wait`: answer once it stopped."""
