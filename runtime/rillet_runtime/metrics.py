@@ -65,6 +65,12 @@ CACHE_REQUESTS = Counter(
     "Cache lookups by cache and result (hit or miss).",
     ["cache", "result"],
 )
+THREADS_EVICTED = Counter(
+    "rillet_memory_threads_evicted_total",
+    "Threads the in-memory state dropped: past state.memory_max_threads (least recently "
+    "used first) or unused for state.checkpoint_ttl_seconds.",
+    ["reason"],
+)
 TOKENS_STREAMED = Counter(
     "rillet_tokens_streamed_total",
     "Model tokens (chunks) streamed to clients.",

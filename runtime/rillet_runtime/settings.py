@@ -383,6 +383,11 @@ class StateSettings(_Section):
         7 * 24 * 3600, ge=0, description="a thread expires this long after its last use; 0: never"
     )
     compress_min_bytes: int = Field(1024, ge=0, description="zstd-compress values from this size")
+    memory_max_threads: int = Field(
+        10_000,
+        ge=1,
+        description="threads the in-memory state keeps per worker; the least recently used go",
+    )
     history_window: int = Field(20, ge=2, description="messages kept in thread state")
     serde_allowed_types: list[Annotated[str, StringConstraints(pattern=r"^\w+(\.\w+)+$")]] = Field(
         default_factory=list,

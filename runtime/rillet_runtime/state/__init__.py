@@ -7,6 +7,8 @@ registry (thread leases, run owners, cancel requests), the run log and the threa
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,9 +23,10 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from rillet_runtime.metrics import timed_stage
+from rillet_runtime.metrics import THREADS_EVICTED, timed_stage
 from rillet_runtime.settings import Settings, StateSettings
 from rillet_runtime.state.caches import (
     MemoryResponseCache,
@@ -67,6 +70,55 @@ class _TimedSaver(BaseCheckpointSaver[Any]):
 
 
 class TimedMemorySaver(_TimedSaver, InMemorySaver):
+    """In the worker, bounded: at most `max_threads` threads, each kept `ttl_seconds` after
+    its last use (None: no limit); the least recently used go first, counted in
+    `rillet_memory_threads_evicted_total`. A long `make run` or a Redis-less pod cannot
+    grow without end."""
+
+    def __init__(
+        self, *, serde: SerializerProtocol, max_threads: int, ttl_seconds: float | None
+    ) -> None:
+        super().__init__(serde=serde)
+        self.max_threads = max_threads
+        self.ttl_seconds = ttl_seconds
+        self._last_used: OrderedDict[str, float] = OrderedDict()  # oldest first
+
+    def _used(self, config: RunnableConfig) -> None:
+        now, thread_id = time.monotonic(), str(config["configurable"]["thread_id"])
+        self._last_used[thread_id] = now
+        self._last_used.move_to_end(thread_id)
+        while self._last_used:
+            oldest, used_at = next(iter(self._last_used.items()))
+            if len(self._last_used) > self.max_threads:
+                reason = "max_threads"
+            elif self.ttl_seconds is not None and now - used_at > self.ttl_seconds:
+                reason = "ttl"
+            else:
+                return
+            self.delete_thread(oldest)
+            THREADS_EVICTED.labels(reason).inc()
+
+    def delete_thread(self, thread_id: str) -> None:
+        super().delete_thread(thread_id)
+        self._last_used.pop(str(thread_id), None)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        found = await super().aget_tuple(config)
+        if found is not None:
+            self._used(config)
+        return found
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        saved = await super().aput(config, checkpoint, metadata, new_versions)
+        self._used(config)
+        return saved
+
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """What a `rollback` needs and InMemorySaver lacks: forget the checkpoints (and
         their pending writes) that these runs wrote."""
@@ -115,13 +167,17 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
         run_log = open_run_log(None, streaming)
         try:
             yield StateBackends(
-                checkpointer=TimedMemorySaver(serde=serializer(settings)),
+                checkpointer=TimedMemorySaver(
+                    serde=serializer(settings),
+                    max_threads=settings.memory_max_threads,
+                    ttl_seconds=settings.checkpoint_ttl_seconds or None,
+                ),
                 response_cache=cache,
                 embedding_cache=None,
                 limiter=MemoryLimiter(all_settings.limits),
                 runs=MemoryRunRegistry(),
                 run_log=run_log,
-                threads=MemoryThreadStore(),
+                threads=MemoryThreadStore(settings.memory_max_threads),
             )
         finally:
             await run_log.aclose()

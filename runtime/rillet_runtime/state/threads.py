@@ -174,19 +174,28 @@ class RedisThreadStore:
 
 @dataclass
 class MemoryThreadStore:
-    """One worker's threads (the in-memory checkpoints are per worker too)."""
+    """One worker's threads (the in-memory checkpoints are per worker too), at most
+    `max_threads` of them: the oldest go first."""
 
+    max_threads: int
     _threads: dict[str, ThreadRecord] = field(default_factory=dict)
     _runs: dict[str, dict[str, RunRecord]] = field(default_factory=dict)
 
+    def _keep(self, key: str, thread: ThreadRecord) -> None:
+        self._threads[key] = thread
+        while len(self._threads) > self.max_threads:
+            oldest = next(iter(self._threads))
+            del self._threads[oldest]
+            self._runs.pop(oldest, None)
+
     async def put_thread(self, principal_key: str, thread: ThreadRecord) -> None:
-        self._threads[scoped(principal_key, thread.thread_id)] = thread
+        self._keep(scoped(principal_key, thread.thread_id), thread)
 
     async def add_thread(self, principal_key: str, thread: ThreadRecord) -> bool:
         key = scoped(principal_key, thread.thread_id)
         if key in self._threads:
             return False
-        self._threads[key] = thread
+        self._keep(key, thread)
         return True
 
     async def get_thread(self, principal_key: str, thread_id: str) -> ThreadRecord | None:
