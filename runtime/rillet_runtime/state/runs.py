@@ -74,16 +74,22 @@ class RunRegistry(Protocol):
 
 
 @dataclass
-class RedisRunRegistry:
-    client: Any  # redis.asyncio.Redis or RedisCluster
-    record_ms: int  # how long a run's owner is remembered (its event log's lifetime)
-    local: dict[str, asyncio.Event] = field(default_factory=dict)
+class _WorkerRuns:
+    """The cancel events of this worker's runs, set directly by a cancel asked here."""
+
+    local: dict[str, asyncio.Event] = field(default_factory=dict, kw_only=True)
 
     def track(self, run_id: str, cancel: asyncio.Event) -> None:
         self.local[run_id] = cancel
 
     def untrack(self, run_id: str) -> None:
         self.local.pop(run_id, None)
+
+
+@dataclass
+class RedisRunRegistry(_WorkerRuns):
+    client: Any  # redis.asyncio.Redis or RedisCluster
+    record_ms: int  # how long a run's owner is remembered (its event log's lifetime)
 
     async def claim(self, thread_key: str | None, run_id: str, principal_key: str) -> bool:
         if thread_key is not None:
@@ -143,19 +149,11 @@ class RedisRunRegistry:
 
 
 @dataclass
-class MemoryRunRegistry:
+class MemoryRunRegistry(_WorkerRuns):
     """One worker's runs (the in-memory state is per worker too)."""
 
     leases: dict[str, str] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
-    cancelled: set[str] = field(default_factory=set)
-    local: dict[str, asyncio.Event] = field(default_factory=dict)
-
-    def track(self, run_id: str, cancel: asyncio.Event) -> None:
-        self.local[run_id] = cancel
-
-    def untrack(self, run_id: str) -> None:
-        self.local.pop(run_id, None)
 
     async def claim(self, thread_key: str | None, run_id: str, principal_key: str) -> bool:
         if thread_key is not None:
@@ -166,13 +164,12 @@ class MemoryRunRegistry:
         return True
 
     async def renew(self, thread_key: str | None, run_id: str) -> bool:
-        return run_id in self.cancelled
+        return False  # a cancel here sets the run's event directly
 
     async def release(self, thread_key: str | None, run_id: str) -> None:
         if thread_key is not None and self.leases.get(thread_key) == run_id:
             del self.leases[thread_key]
         self.owners.pop(run_id, None)  # nothing to resume without Redis
-        self.cancelled.discard(run_id)
 
     async def holder(self, thread_key: str) -> str | None:
         return self.leases.get(thread_key)
@@ -183,4 +180,3 @@ class MemoryRunRegistry:
     async def request_cancel(self, run_id: str) -> None:
         if (cancel := self.local.get(run_id)) is not None:  # also one waiting for its thread
             cancel.set()
-            self.cancelled.add(run_id)
