@@ -16,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv redis-server chromium js-clients control-plane run cluster operator constraints manifests test test-unit \
+.PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests test test-unit \
 	test-integration test-e2e test-lower-bounds lint format bench bench-auth bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
@@ -54,6 +54,9 @@ js-clients: ## LangGraph's JS SDK and playwright-core (tests/js/package-lock.jso
 	@command -v node >/dev/null || { echo "install Node.js 20+ with npm and rerun" >&2; exit 1; }
 	@bash tests/js/install.sh >/dev/null
 
+test-servers: ## build the real servers the fault tests drive (Toxiproxy) from Go modules (cached by version)
+	@bash testcluster/servers.sh >/dev/null
+
 control-plane: ## build etcd, the Kubernetes control plane, kubectl, KWOK and helm (cached by version)
 	@bash testcluster/build.sh >/dev/null
 
@@ -83,13 +86,13 @@ constraints: ## re-pin the image's dependencies (constraints.txt) from a clean i
 manifests: venv ## regenerate crds/ and docs/reference/ from the operator's spec model
 	$(PY) -m rillet_operator.crd
 
-test: venv redis-server chromium js-clients control-plane lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
+test: venv redis-server chromium js-clients test-servers control-plane lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
 	$(PY) -m pytest
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit
 
-test-integration: venv redis-server chromium js-clients ## integration tests only (real gunicorn, real SDKs)
+test-integration: venv redis-server chromium js-clients test-servers ## integration tests only (real gunicorn, real SDKs)
 	$(PY) -m pytest tests/integration
 
 test-e2e: venv control-plane ## e2e tests: the operator against a real control plane
