@@ -17,7 +17,7 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests test test-unit \
-	test-integration test-e2e test-lower-bounds lint format bench bench-auth bench-autoscaling bench-operator bench-vectors \
+	test-integration test-e2e test-lower-bounds lint format bench bench-auth bench-durability bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
 help: ## list the targets
@@ -172,9 +172,13 @@ bench-retrieval: venv ## the embedded index as served: 100k and 1M vectors, k=3/
 bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
 	$(PY) -m bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
 	$(PY) -m bench.checkpoint --out bench-results
+	$(PY) -m bench.durability --out bench-results
 	$(PY) -m testcluster.bench --out bench-results
 	$(PY) -m bench.autoscaling --measure --out bench-results
 	$(PY) -m bench.auth --out bench-results --rounds 8
+
+bench-durability: venv redis-server ## checkpoint writes with and without AOF; a killed Redis's recovery time
+	$(PY) -m bench.durability --out bench-results
 
 bench-auth: venv redis-server ## what authentication and per-principal limits add per stream (none vs API keys vs JWT)
 	$(PY) -m bench.auth --out bench-results --rounds 8

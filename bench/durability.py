@@ -1,0 +1,224 @@
+"""What durability costs: the managed Redis's persistence, measured on local redis-servers.
+
+1. Checkpoint writes: one `aput` of a thread of 20 messages (the built-in graph's window)
+   per step, on three redis-servers side by side in one run, the steps interleaved and the
+   order alternated: no persistence (the baseline), AOF with `appendfsync everysec` (the
+   managed default) and AOF with `appendfsync always` (the strict option, for contrast).
+   p50/p99 and their ratios to the baseline.
+2. Recovery: a Redis with AOF everysec holding `--threads` threads (20 messages each,
+   written through the checkpointer) is killed with SIGKILL and started again; the time
+   from the start until it answers PING (not LOADING); then a random thread must read back
+   whole through the checkpointer. Twice: with the AOF as written (every command replayed) and after BGREWRITEAOF (an RDB
+   base, what Redis's automatic rewrite converges to).
+
+    python -m bench.durability --out bench-results [--steps 1000 --threads 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import empty_checkpoint
+
+from bench.checkpoint import Prose, conversation, percentiles_ms
+from rillet_runtime.state import RedisCheckpointSaver
+from tests.support.processes import RedisServer
+
+PERSISTENCE = {
+    "none": ("--appendonly", "no"),
+    "aof everysec": ("--appendonly", "yes", "--appendfsync", "everysec"),
+    "aof always": ("--appendonly", "yes", "--appendfsync", "always"),
+}
+MESSAGES = 20
+
+
+async def put(
+    saver: RedisCheckpointSaver, thread: str, messages: list[BaseMessage], step: int
+) -> float:
+    """One checkpoint of the thread, as a run's end writes it; seconds taken."""
+    config: RunnableConfig = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    version = saver.get_next_version(None if step == 0 else str(step), None)
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"messages": messages}
+    checkpoint["channel_versions"] = {"messages": version}
+    metadata: Any = {"source": "loop", "step": step, "parents": {}}
+    started = time.perf_counter()
+    await saver.aput(config, checkpoint, metadata, {"messages": version})
+    return time.perf_counter() - started
+
+
+async def write_latency(workdir: Path, prose: Prose, steps: int) -> list[dict[str, Any]]:
+    servers = {
+        name: RedisServer(workdir / name.replace(" ", "-"), *args)
+        for name, args in PERSISTENCE.items()
+    }
+    for server in servers.values():
+        server.start()
+    try:
+        messages = conversation(MESSAGES, prose)
+        samples: dict[str, list[float]] = {name: [] for name in servers}
+        savers = {
+            name: RedisCheckpointSaver.connect(server.url, ttl_seconds=None)
+            for name, server in servers.items()
+        }
+        opened = {name: await saver.__aenter__() for name, saver in savers.items()}
+        try:
+            order = list(servers)
+            for step in range(steps + 50):  # the first 50 warm up
+                for name in order if step % 2 else reversed(order):
+                    taken = await put(opened[name], f"latency-{step % 20}", messages, step)
+                    if step >= 50:
+                        samples[name].append(taken)
+        finally:
+            for saver in savers.values():
+                await saver.__aexit__(None, None, None)
+    finally:
+        for server in servers.values():
+            server.kill()
+    baseline = percentiles_ms(samples["none"])
+    rows = []
+    for name, seconds in samples.items():
+        cuts = percentiles_ms(seconds)
+        rows.append(
+            {
+                "persistence": name,
+                **cuts,
+                "ratio_p50": cuts["p50"] / baseline["p50"],
+                "ratio_p99": cuts["p99"] / baseline["p99"],
+            }
+        )
+    return rows
+
+
+def seconds_to_ready(server: RedisServer) -> float:
+    """From a fresh start until PING answers: Redis says LOADING while it replays."""
+    started = time.perf_counter()
+    server.start()  # returns once the port accepts connections
+    with redis.Redis(port=server.port) as client:
+        while True:
+            try:
+                client.ping()
+                return time.perf_counter() - started
+            except redis.exceptions.BusyLoadingError:
+                time.sleep(0.005)
+
+
+async def messages_kept(url: str, thread: str) -> int:
+    async with RedisCheckpointSaver.connect(url, ttl_seconds=None) as saver:
+        config: RunnableConfig = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        saved = await saver.aget_tuple(config)
+        return len(saved.checkpoint["channel_values"]["messages"]) if saved else 0
+
+
+async def fill(url: str, prose: Prose, threads: int) -> None:
+    messages = conversation(MESSAGES, prose)
+    async with RedisCheckpointSaver.connect(url, ttl_seconds=None) as saver:
+        for start in range(0, threads, 100):
+            batch = range(start, min(start + 100, threads))
+            await asyncio.gather(*(put(saver, f"t{n}", messages, 0) for n in batch))
+
+
+def kill(server: RedisServer) -> None:
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait()
+    server.proc = None
+
+
+def recovery(workdir: Path, prose: Prose, threads: int) -> list[dict[str, Any]]:
+    server = RedisServer(workdir / "recovery", *PERSISTENCE["aof everysec"])
+    server.start()
+    try:
+        asyncio.run(fill(server.url, prose, threads))
+        used = int(redis.Redis(port=server.port).info("memory")["used_memory"])
+        time.sleep(1.5)  # everysec: the last second reaches the disk
+        rows = []
+        for label in ("aof as written", "after BGREWRITEAOF"):
+            if label == "after BGREWRITEAOF":
+                client = redis.Redis(port=server.port)
+                client.bgrewriteaof()
+                while client.info("persistence")["aof_rewrite_in_progress"]:
+                    time.sleep(0.1)
+            aof = server.workdir / "appendonlydir"
+            aof_bytes = sum(f.stat().st_size for f in aof.iterdir())
+            kill(server)
+            ready = seconds_to_ready(server)
+            thread = f"t{random.randrange(threads)}"
+            if asyncio.run(messages_kept(server.url, thread)) != MESSAGES:
+                raise SystemExit(f"{thread} did not come back whole")
+            rows.append({"aof": label, "aof_mib": aof_bytes / 2**20, "seconds_to_ready": ready})
+        return [{**row, "threads": threads, "used_memory_mib": used / 2**20} for row in rows]
+    finally:
+        server.kill()
+
+
+def run(steps: int, threads: int) -> dict[str, Any]:
+    prose = Prose()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        return {
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "redis_py": redis.__version__,
+            "write_latency": asyncio.run(write_latency(workdir, prose, steps)),
+            "recovery": recovery(workdir, prose, threads),
+        }
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = [
+        f"Checkpoint write (`aput`, {MESSAGES} messages), side by side:",
+        "",
+        "| persistence | p50 | p99 | ratio p50 | ratio p99 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["write_latency"]:
+        lines.append(
+            f"| {row['persistence']} | {row['p50']:.3f} ms | {row['p99']:.3f} ms"
+            f" | {row['ratio_p50']:.2f}x | {row['ratio_p99']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Recovery after SIGKILL (AOF everysec):",
+        "",
+        "| threads | used memory | AOF | AOF size | start to ready |",
+        "|---:|---:|---|---:|---:|",
+    ]
+    for row in result["recovery"]:
+        lines.append(
+            f"| {row['threads']:,} | {row['used_memory_mib']:.0f} MiB | {row['aof']}"
+            f" | {row['aof_mib']:.0f} MiB | {row['seconds_to_ready']:.2f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--steps", type=int, default=1000, help="write samples per server")
+    parser.add_argument("--threads", type=int, default=10_000, help="threads in the killed Redis")
+    args = parser.parse_args()
+    result = run(args.steps, args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "durability.json").write_text(json.dumps(result, indent=2))
+    text = summary(result)
+    (args.out / "durability.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
