@@ -92,7 +92,7 @@ def _median(rows: list[dict[str, Any]], *path: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarize(waves: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(waves: list[dict[str, Any]], baseline: str = "none") -> dict[str, Any]:
     by_server: dict[str, list[dict[str, Any]]] = {}
     for row in waves:
         by_server.setdefault(row["server"], []).append(row)
@@ -106,7 +106,7 @@ def summarize(waves: list[dict[str, Any]]) -> dict[str, Any]:
             "inter_token_p99_ms": _median(rows, "inter_token_ms", "p99"),
             "cpu_seconds_per_1000_tokens": _median(rows, "cpu_seconds_per_1000_tokens"),
         }
-    base = table["none"]
+    base = table[baseline]
     for row in table.values():
         for key in ("ttft_p50_ms", "ttft_p99_ms", "inter_token_p99_ms"):
             if row[key] is not None and base[key] is not None:

@@ -8,10 +8,16 @@
 2. Recovery: a Redis with AOF everysec holding `--threads` threads (20 messages each,
    written through the checkpointer) is killed with SIGKILL and started again; the time
    from the start until it answers PING (not LOADING); then a random thread must read back
-   whole through the checkpointer. Twice: with the AOF as written (every command replayed) and after BGREWRITEAOF (an RDB
-   base, what Redis's automatic rewrite converges to).
+   whole through the checkpointer. Twice: with the AOF as written (every command replayed)
+   and after BGREWRITEAOF (an RDB base, what Redis's automatic rewrite converges to).
+3. Off the token path: two `rillet serve` processes (one worker each, the fake model at
+   200 ms to the first token, 20 ms between tokens) on one redis-server, one of them
+   through Toxiproxy adding `--redis-latency-ms` to every Redis reply. Waves of
+   `--streams` streams alternate between them: history loads and admission wait on Redis
+   before the first token, so TTFT grows; checkpoint saves happen after the last token,
+   so inter-token latency must not.
 
-    python -m bench.durability --out bench-results [--steps 1000 --threads 10000]
+    python -m bench.durability --out bench-results [--steps 1000 --threads 10000 --rounds 4]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import random
 import signal
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +40,14 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 
+from bench.auth import _env, summarize
+from bench.auth import run as alternate_waves
 from bench.checkpoint import Prose, conversation, percentiles_ms
+from bench.streaming import Server, started
+from rillet_runtime import loadgen
 from rillet_runtime.state import RedisCheckpointSaver
-from tests.support.processes import RedisServer
+from tests.support.processes import RedisServer, free_port
+from tests.support.toxiproxy import toxiproxy_server
 
 PERSISTENCE = {
     "none": ("--appendonly", "no"),
@@ -165,15 +177,57 @@ def recovery(workdir: Path, prose: Prose, threads: int) -> list[dict[str, Any]]:
         server.kill()
 
 
-def run(steps: int, threads: int) -> dict[str, Any]:
+TTFT_MS, TOKEN_DELAY_MS, ANSWER_TOKENS = 200, 20, 50
+
+
+def slow_redis(workdir: Path, latency_ms: int, streams: int, rounds: int) -> dict[str, Any]:
+    redis_server = RedisServer(workdir / "token-path")
+    redis_server.start()
+    fake_port = free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    try:
+        with ExitStack() as stack:
+            fake = [
+                "rillet", "fake-llm", "--port", str(fake_port), "--ttft-ms", str(TTFT_MS),
+                "--token-delay-ms", str(TOKEN_DELAY_MS), "--answer-tokens", str(ANSWER_TOKENS),
+            ]  # fmt: skip
+            stack.enter_context(started(fake, {}, f"{fake_url}/_fake/stats", workdir / "fake.log"))
+            toxiproxy = stack.enter_context(toxiproxy_server(workdir))
+            proxy = toxiproxy.proxy("redis", f"127.0.0.1:{redis_server.port}")
+            proxy.add("latency", latency=latency_ms)
+            routes = {
+                "no toxic": redis_server.url,
+                f"redis +{latency_ms} ms": f"redis://{proxy.address}/0",
+            }
+            servers = []
+            for name, redis_url in routes.items():
+                port = free_port()
+                env = _env(
+                    port, workdir, redis_url, fake_url, RILLET_STATE__REDIS_TIMEOUT_SECONDS="5"
+                )
+                url = f"http://127.0.0.1:{port}"
+                log = workdir / f"serve-{port}.log"
+                proc = stack.enter_context(started(["rillet", "serve"], env, f"{url}/readyz", log))
+                servers.append(Server(name, url, loadgen.APIS["rillet"], "rillet", proc))
+            waves = asyncio.run(alternate_waves(servers, streams, rounds))
+    finally:
+        redis_server.kill()
+    if any(row["ok"] == 0 for row in waves):
+        raise SystemExit("a wave completed no stream")
+    return {"latency_ms": latency_ms, "streams": streams, "rounds": rounds,
+            "summary": summarize(waves, baseline="no toxic")}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     prose = Prose()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         return {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "redis_py": redis.__version__,
-            "write_latency": asyncio.run(write_latency(workdir, prose, steps)),
-            "recovery": recovery(workdir, prose, threads),
+            "write_latency": asyncio.run(write_latency(workdir, prose, args.steps)),
+            "recovery": recovery(workdir, prose, args.threads),
+            "token_path": slow_redis(workdir, args.redis_latency_ms, args.streams, args.rounds),
         }
 
 
@@ -201,6 +255,21 @@ def summary(result: dict[str, Any]) -> str:
             f"| {row['threads']:,} | {row['used_memory_mib']:.0f} MiB | {row['aof']}"
             f" | {row['aof_mib']:.0f} MiB | {row['seconds_to_ready']:.2f} s |"
         )
+    path = result["token_path"]
+    lines += [
+        "",
+        f"Redis {path['latency_ms']} ms away through Toxiproxy, {path['streams']}-stream waves,"
+        f" medians of {path['rounds']} rounds:",
+        "",
+        "| server | ok | TTFT p50 | TTFT p99 | inter-token p99 | CPU per 1,000 tokens |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in path["summary"].items():
+        lines.append(
+            f"| {name} | {row['ok']}/{row['streams']} | {row['ttft_p50_ms']:.0f} ms"
+            f" | {row['ttft_p99_ms']:.0f} ms | {row['inter_token_p99_ms']:.1f} ms"
+            f" | {row['cpu_seconds_per_1000_tokens']:.3f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -211,8 +280,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--steps", type=int, default=1000, help="write samples per server")
     parser.add_argument("--threads", type=int, default=10_000, help="threads in the killed Redis")
+    parser.add_argument("--redis-latency-ms", type=int, default=200)
+    parser.add_argument("--streams", type=int, default=20, help="streams per wave")
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    result = run(args.steps, args.threads)
+    result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "durability.json").write_text(json.dumps(result, indent=2))
     text = summary(result)
