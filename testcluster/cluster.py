@@ -188,6 +188,21 @@ def fake_node(name: str) -> dict[str, Any]:
     }
 
 
+# The default StorageClass: a claim that names no class (a StatefulSet's volumeClaimTemplate,
+# say) is bound at once to a new hostPath volume, so its pod can be scheduled.
+STORAGE_CLASS = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {
+        "name": "standard",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+    },
+    "provisioner": "kubernetes.io/host-path",
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "Immediate",
+}
+
+
 # --- processes ------------------------------------------------------------------------
 
 
@@ -305,6 +320,10 @@ class TestCluster:
                         "--node-monitor-grace-period=1h",
                         # The HPA controller checks every 3 s instead of 15 s: tests wait less.
                         "--horizontal-pod-autoscaler-sync-period=3s",
+                        # Claims get volumes as in a cluster with a default StorageClass
+                        # (STORAGE_CLASS): directories under /tmp, made by the real PV
+                        # controller's in-tree hostPath provisioner.
+                        "--enable-hostpath-provisioner=true",
                     ],
                     None,
                 )
@@ -327,6 +346,7 @@ class TestCluster:
             nodes = [fake_node(f"kwok-node-{i}") for i in range(self.nodes)]
             node_list = {"apiVersion": "v1", "kind": "List", "items": nodes}
             self.kubectl("apply", "-f", "-", input=json.dumps(node_list))
+            self.kubectl("apply", "-f", "-", input=json.dumps(STORAGE_CLASS))
             self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
             self._wait_for_default_service_account()
         except BaseException:

@@ -12,7 +12,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from rillet_operator.builders import children, first_key_secret
+from rillet_operator.builders import (
+    children,
+    claim_names,
+    first_key_secret,
+    persistence_to_apply,
+)
 from rillet_operator.kube import ApiError, Kube, NotServed, error_status
 from rillet_operator.meta import MANAGER, ChatService
 from rillet_operator.network import NetworkIsolation
@@ -43,6 +48,8 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # Claims of a deleted managed Redis StatefulSet, left in place with their data.
+    retained_claims: list[str] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +68,7 @@ def _optional_children(cs: ChatService) -> list[tuple[str, str, str]]:
         ("autoscaling/v2", "HorizontalPodAutoscaler", cs.name),
         ("keda.sh/v1alpha1", "ScaledObject", cs.name),
         ("apps/v1", "StatefulSet", redis),
+        ("policy/v1", "PodDisruptionBudget", redis),
         ("v1", "Service", redis),
         ("v1", "Secret", redis),
         ("networking.k8s.io/v1", "NetworkPolicy", cs.name),
@@ -120,10 +128,23 @@ async def _apply_children(
     return live, missing_apis
 
 
+async def _existing_claims(client: Kube, statefulset: dict[str, Any]) -> list[str]:
+    """`name (size)` of each claim the StatefulSet's templates made that exists."""
+    found = []
+    namespace = statefulset["metadata"]["namespace"]
+    for name in claim_names(statefulset):
+        claim = await client.get("v1", "PersistentVolumeClaim", name, namespace)
+        if claim is not None:
+            size = claim.get("status", {}).get("capacity", {}).get("storage")
+            found.append(f"{name} ({size})" if size else name)
+    return found
+
+
 async def _prune(
     client: Kube, cs: ChatService, desired: list[dict[str, Any]], outcome: Outcome
 ) -> None:
-    """Delete the optional children this spec no longer has, if the ChatService controls them."""
+    """Delete the optional children this spec no longer has, if the ChatService controls
+    them. A StatefulSet's claims stay (its retention policy): they are named in `outcome`."""
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     for api_version, kind, name in _optional_children(cs):
         if (kind, name) in wanted:
@@ -132,6 +153,8 @@ async def _prune(
         if existing and controlled_by(existing, cs.uid):
             await client.delete(api_version, kind, name, cs.namespace)
             outcome.deleted.append(f"{kind} {name}")
+            if kind == "StatefulSet":
+                outcome.retained_claims += await _existing_claims(client, existing)
 
 
 async def reconcile(
@@ -148,21 +171,29 @@ async def reconcile(
     if adapted:
         cs = replace(cs, adapted_target=adapted[0], adapted_from=adapted[1])
     managed_redis = bool(cs.spec.redis and cs.spec.redis.managed)
-    password = await redis_password(client, cs) if managed_redis else None
     outcome = Outcome()
-    desired = children(cs, password, prometheus_url, isolation)
+    # Everything already where a child goes is read before anything is written: an object
+    # the ChatService does not control stops the whole reconcile (no silent takeover).
+    # The managed Redis's StatefulSet first: its claim template cannot change in place.
+    redis_name = redis_service_name(cs.name)
+    before: dict[Key, dict[str, Any] | None] = {}
+    password, persistence = None, None
+    if managed_redis:
+        password = await redis_password(client, cs)
+        live_redis = await client.get("apps/v1", "StatefulSet", redis_name, cs.namespace)
+        before["StatefulSet", redis_name] = live_redis
+        if live_redis and controlled_by(live_redis, cs.uid):
+            persistence = persistence_to_apply(cs, live_redis)
+    desired = children(cs, password, prometheus_url, isolation, persistence)
     first_key = first_key_secret_name(cs.name)
     wants_first_key = api_keys_secret(cs.name, cs.spec) == first_key
 
-    # Everything already where a child goes, read before anything is written: an object
-    # the ChatService does not control stops the whole reconcile (no silent takeover).
     targets = [(m["apiVersion"], m["kind"], m["metadata"]["name"]) for m in desired]
     if wants_first_key:
         targets.append(("v1", "Secret", first_key))
-    before: dict[Key, dict[str, Any] | None] = {
-        (kind, name): await client.get(api_version, kind, name, cs.namespace)
-        for api_version, kind, name in targets
-    }
+    for api_version, kind, name in targets:
+        if (kind, name) not in before:
+            before[kind, name] = await client.get(api_version, kind, name, cs.namespace)
     live = {key: obj for key, obj in before.items() if obj and controlled_by(obj, cs.uid)}
     missing_apis: list[str] = []
     observed = Observed(
@@ -187,7 +218,7 @@ async def reconcile(
     observed = replace(
         observed,
         deployment=live.get(("Deployment", cs.name)),
-        redis=live.get(("StatefulSet", redis_service_name(cs.name))),
+        redis=live.get(("StatefulSet", redis_name)),
         missing_apis=tuple(missing_apis),
     )
     old = body.get("status") or {}
@@ -196,6 +227,14 @@ async def reconcile(
     if outcome.status != {k: old.get(k) for k in outcome.status}:
         await client.patch_status(CHAT_SERVICE_API, KIND, cs.name, cs.namespace, outcome.status)
     return outcome
+
+
+def retained_message(outcome: Outcome) -> str:
+    claims = ", ".join(f"PersistentVolumeClaim {claim}" for claim in outcome.retained_claims)
+    return (
+        f"the managed Redis is gone; its data stays on {claims}: a managed Redis of this "
+        "ChatService takes it back, `kubectl delete pvc` frees it"
+    )
 
 
 async def post_event(client: Kube, body: dict[str, Any], reason: str, message: str) -> None:

@@ -40,7 +40,7 @@ from rillet_operator.runtime_settings import (
     settings_file,
     termination_grace_seconds,
 )
-from rillet_operator.spec import GROUP
+from rillet_operator.spec import GROUP, ManagedRedisSpec, RedisPersistenceSpec
 from rillet_runtime.settings import SETTINGS_FILE_ENV
 
 RUNTIME_UID = 10001
@@ -49,6 +49,11 @@ REDIS_AUTH_DIR = "/etc/redis"
 REDIS_AUTH_FILE = "auth.conf"  # `requirepass`, from the Secret: never on a command line
 SECRET_FILE_MODE = 0o440  # the pod's group (fsGroup) reads it, nobody else
 HASH_ANNOTATION = f"{GROUP}/settings-hash"
+REDIS_DATA_DIR = "/data"
+REDIS_DATA_VOLUME = "data"  # also the claim template's name: claims are data-<set>-<ordinal>
+# RDB snapshot points (seconds, changes): Redis's own defaults, beside the AOF.
+REDIS_SNAPSHOTS = "3600 1 300 100 60 10000"
+REDIS_TERMINATION_GRACE_SECONDS = 60
 
 
 def _settings_yaml(cs: ChatService) -> str:
@@ -251,16 +256,34 @@ def redis_secret(cs: ChatService, password: str) -> dict[str, Any]:
     }
 
 
-def redis_args(cs: ChatService) -> list[str]:
+def _managed_redis(cs: ChatService) -> ManagedRedisSpec:
     managed = cs.spec.redis.managed if cs.spec.redis else None
-    assert managed is not None
+    if managed is None:
+        raise ValueError(f"{cs.name} has no managed Redis")
+    return managed
+
+
+def _quantity(value: str, field: str) -> Decimal:
     try:
-        limit: Decimal = parse_quantity(managed.memory_limit)  # type: ignore[no-untyped-call]
+        parsed: Decimal = parse_quantity(value)  # type: ignore[no-untyped-call]
     except ValueError:
-        raise ValueError(
-            f"redis.managed.memoryLimit is not a quantity: {managed.memory_limit}"
-        ) from None
+        raise ValueError(f"{field} is not a quantity: {value}") from None
+    return parsed
+
+
+def redis_args(cs: ChatService, persistence: RedisPersistenceSpec | None = None) -> list[str]:
+    """`persistence`: what the StatefulSet gets (`persistence_to_apply`); None: the spec's."""
+    managed = _managed_redis(cs)
+    persistence = persistence or managed.persistence
+    limit = _quantity(managed.memory_limit, "redis.managed.memoryLimit")
     maxmemory = int(limit * 8 // 10)  # room for Redis's own overhead
+    if persistence.enabled:
+        # Every write reaches the AOF before its reply; fsync'd each second. The RDB
+        # snapshots are a compact second copy, written again on a clean shutdown.
+        durability = ["--appendonly", "yes", "--appendfsync", "everysec"]
+        durability += ["--save", REDIS_SNAPSHOTS]
+    else:
+        durability = ["--appendonly", "no", "--save", ""]
     return [
         "--include",
         f"{REDIS_AUTH_DIR}/{REDIS_AUTH_FILE}",
@@ -268,31 +291,92 @@ def redis_args(cs: ChatService) -> list[str]:
         str(maxmemory),
         "--maxmemory-policy",
         managed.eviction_policy,
-        "--appendonly",
-        "yes" if managed.persistence else "no",
-        "--save",
-        "",
+        *durability,
         "--dir",
-        "/data",
+        REDIS_DATA_DIR,
     ]
 
 
-def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
-    managed = cs.spec.redis.managed if cs.spec.redis else None
-    assert managed is not None
+def claim_names(statefulset: dict[str, Any]) -> list[str]:
+    """The claims the StatefulSet controller makes from a StatefulSet's templates:
+    `<template>-<set>-<ordinal>`."""
+    name = statefulset["metadata"]["name"]
+    spec = statefulset.get("spec", {})
+    return [
+        f"{template['metadata']['name']}-{name}-{ordinal}"
+        for template in spec.get("volumeClaimTemplates") or []
+        for ordinal in range(spec.get("replicas", 1))
+    ]
+
+
+def claim_in_place(statefulset: dict[str, Any]) -> RedisPersistenceSpec:
+    """The persistence an existing Redis StatefulSet was made with: its claim template."""
+    templates = statefulset.get("spec", {}).get("volumeClaimTemplates") or []
+    if not templates:
+        return RedisPersistenceSpec(enabled=False)
+    claim = templates[0].get("spec", {})
+    return RedisPersistenceSpec(
+        enabled=True,
+        size=claim.get("resources", {}).get("requests", {}).get("storage", "0"),
+        storage_class_name=claim.get("storageClassName"),
+    )
+
+
+def same_claim(a: RedisPersistenceSpec, b: RedisPersistenceSpec) -> bool:
+    """Whether two persistence settings give the same claim template (size as a quantity)."""
+    if not (a.enabled and b.enabled):
+        return a.enabled == b.enabled
+    field = "redis.managed.persistence.size"
+    return a.storage_class_name == b.storage_class_name and _quantity(a.size, field) == _quantity(
+        b.size, field
+    )
+
+
+def persistence_to_apply(
+    cs: ChatService, statefulset: dict[str, Any] | None
+) -> RedisPersistenceSpec:
+    """The spec's persistence, unless the Redis exists with another claim template: a
+    StatefulSet's volumeClaimTemplates are immutable (the API server refuses every update
+    that changes them), so the one in place is kept and status says so."""
+    wanted = _managed_redis(cs).persistence
+    if statefulset is None:
+        return wanted
+    in_place = claim_in_place(statefulset)
+    return wanted if same_claim(wanted, in_place) else in_place
+
+
+def redis_stateful_set(
+    cs: ChatService, persistence: RedisPersistenceSpec | None = None
+) -> dict[str, Any]:
+    """`persistence`: what the StatefulSet gets (`persistence_to_apply`); None: the spec's."""
+    managed = _managed_redis(cs)
+    persistence = persistence or managed.persistence
     name = redis_service_name(cs.name)
     # redis-cli takes the password from REDISCLI_AUTH; it exits 0 even on an error reply
-    # (NOAUTH, LOADING), so the probe checks the answer.
-    probe = {
+    # (NOAUTH, LOADING), so the probes check the answer. Ready: PONG only. Alive: PONG, or
+    # LOADING while it reads a large AOF back, which must not be killed half way.
+    ready = {
         "exec": {"command": ["sh", "-c", 'test "$(redis-cli ping)" = PONG']},
         "periodSeconds": 5,
         "timeoutSeconds": 2,
+    }
+    alive = {
+        "exec": {
+            "command": [
+                "sh",
+                "-c",
+                'case "$(redis-cli ping)" in PONG|LOADING*) ;; *) exit 1;; esac',
+            ]
+        },
+        "periodSeconds": 15,
+        "timeoutSeconds": 2,
+        "failureThreshold": 4,
     }
     container = {
         "name": "redis",
         "image": managed.image,
         "command": ["redis-server"],
-        "args": redis_args(cs),
+        "args": redis_args(cs, persistence),
         "env": [
             {
                 "name": "REDISCLI_AUTH",
@@ -304,11 +388,11 @@ def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
             "requests": {"cpu": "100m", "memory": managed.memory_limit},
             "limits": {"memory": managed.memory_limit},
         },
-        "readinessProbe": probe,
-        "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 4},
+        "readinessProbe": ready,
+        "livenessProbe": alive,
         "securityContext": _RESTRICTED_CONTAINER,
         "volumeMounts": [
-            {"name": "data", "mountPath": "/data"},
+            {"name": REDIS_DATA_VOLUME, "mountPath": REDIS_DATA_DIR},
             {"name": "auth", "mountPath": REDIS_AUTH_DIR, "readOnly": True},
         ],
     }
@@ -323,7 +407,10 @@ def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": _pod_security(REDIS_UID),
+        # A large volume is not walked again on every start once its owner is right.
+        "securityContext": {**_pod_security(REDIS_UID), "fsGroupChangePolicy": "OnRootMismatch"},
+        # On SIGTERM Redis fsyncs the AOF and writes an RDB snapshot before it exits.
+        "terminationGracePeriodSeconds": REDIS_TERMINATION_GRACE_SECONDS,
         "containers": [container],
         "volumes": [auth_volume],
     }
@@ -331,20 +418,24 @@ def redis_stateful_set(cs: ChatService) -> dict[str, Any]:
         "serviceName": name,
         "replicas": 1,
         "selector": {"matchLabels": selector(cs, "redis")},
+        "updateStrategy": {"type": "RollingUpdate"},
+        # The claim outlives the StatefulSet (deleted, or pruned when the ChatService moves
+        # to an external Redis) and a scale-down: the data goes only when a person says so.
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
         "template": {"metadata": {"labels": labels(cs, "redis")}, "spec": pod_spec},
     }
-    if managed.persistence:
+    if persistence.enabled:
+        claim: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": persistence.size}},
+        }
+        if persistence.storage_class_name:
+            claim["storageClassName"] = persistence.storage_class_name
         stateful_spec["volumeClaimTemplates"] = [
-            {
-                "metadata": {"name": "data"},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": managed.storage_size}},
-                },
-            }
+            {"metadata": {"name": REDIS_DATA_VOLUME}, "spec": claim}
         ]
     else:
-        pod_spec["volumes"].append({"name": "data", "emptyDir": {}})
+        pod_spec["volumes"].append({"name": REDIS_DATA_VOLUME, "emptyDir": {}})
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -368,19 +459,43 @@ def redis_service(cs: ChatService) -> dict[str, Any]:
     }
 
 
+def redis_disruption_budget(cs: ChatService) -> dict[str, Any]:
+    """One pod, evicted one at a time. Not `minAvailable: 1`: with a single Redis that
+    refuses every eviction and holds node drains until a person steps in. An eviction
+    costs a short outage (Redis saves on SIGTERM, the claim follows the pod), no data;
+    no outage at all takes an external Redis with failover (docs/design)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(cs, redis_service_name(cs.name), "redis"),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(cs, "redis")},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
 def children(
     cs: ChatService,
     redis_password: str | None = None,
     prometheus_url: str | None = None,
     isolation: NetworkIsolation | None = NetworkIsolation(),
+    redis_persistence: RedisPersistenceSpec | None = None,
 ) -> list[dict[str, Any]]:
     """Every child the operator applies, in apply order: what pods need (and the policies
-    that guard them) exists before the pods. `isolation` None: no NetworkPolicies."""
+    that guard them) exists before the pods. `isolation` None: no NetworkPolicies.
+    `redis_persistence`: the managed Redis's, from `persistence_to_apply`; None: the spec's."""
     built: list[dict[str, Any]] = network_policies(cs, isolation) if isolation else []
     if cs.spec.redis and cs.spec.redis.managed:
         if redis_password is None:
             raise ValueError("a managed Redis needs its password")
-        built += [redis_secret(cs, redis_password), redis_service(cs), redis_stateful_set(cs)]
+        built += [
+            redis_secret(cs, redis_password),
+            redis_service(cs),
+            redis_stateful_set(cs, redis_persistence),
+            redis_disruption_budget(cs),
+        ]
     built += [config_map(cs), deployment(cs), service(cs), pod_disruption_budget(cs)]
     scaler = autoscaler(cs, prometheus_url)
     if scaler:

@@ -17,6 +17,7 @@ from rillet_operator.apply import (
     post_event,
     read_chat_service,
     reconcile,
+    retained_message,
     wait_for_chat_service_api,
 )
 from rillet_operator.autoscaling import adapted_target, configured_target, streams_per_pod_target
@@ -198,4 +199,6 @@ class Operator:
         ):
             if items:
                 await post_event(self.client, body, verb, f"{verb.lower()} " + ", ".join(items))
+        if outcome.retained_claims:
+            await post_event(self.client, body, "RedisClaimRetained", retained_message(outcome))
         return "changed" if outcome.created or outcome.updated or outcome.deleted else "unchanged"

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -28,6 +35,7 @@ PLURAL = "chatservices"
 DEFAULT_IMAGE = "ghcr.io/rillet-dev/rillet:0.1.0"
 
 Quantity = str  # a Kubernetes quantity ("256Mi", "500m"); the API server parses it
+DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 def cel(rule: str, message: str) -> JsonDict:
@@ -126,14 +134,69 @@ class ServerSpec(Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
 
+class RedisPersistenceSpec(Model):
+    enabled: bool = Field(
+        True,
+        description="an append-only file (fsync every second) plus RDB snapshots on a "
+        "PersistentVolumeClaim; off: the data lives in the pod only and any restart, "
+        "reschedule or rollout of it loses every thread (status says so)",
+    )
+    size: Quantity = Field(
+        "1Gi",
+        description="the claim's size: at least 3x memoryLimit (the AOF, its rewrite and an "
+        "RDB snapshot); fixed once the claim exists",
+    )
+    storage_class_name: str | None = Field(
+        None,
+        pattern=DNS_NAME,
+        max_length=253,
+        description="unset: the cluster's default StorageClass; fixed once the claim exists",
+    )
+
+
+MANAGED_REDIS_REPLICAS_MESSAGE = (
+    "redis.managed runs one Redis, its data on a claim, without failover: replicas must "
+    "be 1. For high availability give redis.external as a Sentinel set "
+    "(redis.external.sentinel) or a Redis Cluster (redis.external.cluster), run by a Redis "
+    "operator or a cloud service"
+)
+
+
 class ManagedRedisSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.replicas) || self.replicas == 1", MANAGED_REDIS_REPLICAS_MESSAGE)
+            ]
+        }
+    )
+
     image: str = "redis:7.2-alpine"
     memory_limit: Quantity = Field("256Mi", description="container limit; maxmemory is 80% of it")
     eviction_policy: Literal[
         "noeviction", "volatile-lru", "volatile-lfu", "volatile-ttl", "allkeys-lru", "allkeys-lfu"
-    ] = Field("volatile-lru", description="every Rillet key has a TTL, so volatile-* is safe")
-    persistence: bool = Field(False, description="append-only file on a PersistentVolumeClaim")
-    storage_size: Quantity = "1Gi"
+    ] = Field(
+        "noeviction",
+        description="noeviction: a full Redis refuses writes (the turn fails with state_full) "
+        "and drops nothing; every Rillet key has a TTL, so a volatile-* policy evicts "
+        "checkpoint keys one by one and leaves threads with holes (docs/state.md)",
+    )
+    persistence: RedisPersistenceSpec = Field(default_factory=RedisPersistenceSpec)
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=1,
+        description="always 1: high availability is an external Redis (a Sentinel set or a "
+        "Redis Cluster)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_replica(cls, data: Any) -> Any:
+        """The CEL rule's message, for specs read without the API server (`rillet render`)."""
+        if isinstance(data, dict) and data.get("replicas", 1) != 1:
+            raise ValueError(MANAGED_REDIS_REPLICAS_MESSAGE)
+        return data
 
 
 class ExternalRedisSpec(Model):
@@ -317,7 +380,6 @@ class AutoscalingSpec(Model):
     )
 
 
-DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Asymmetric only: a shared HMAC secret in the spec would be readable by anyone who can
 # read the ChatService.
 JwtAlgorithm = Literal[

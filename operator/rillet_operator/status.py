@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rillet_operator.autoscaling import STATUS_WINDOW, autoscaling_status
+from rillet_operator.builders import claim_in_place, same_claim
 from rillet_operator.meta import ChatService, selector_string
 from rillet_operator.runtime_settings import api_keys_secret
+from rillet_operator.spec import RedisPersistenceSpec
 
 Condition = dict[str, Any]
 
@@ -127,14 +129,9 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
     if redis and redis.managed:
         ready = (observed.redis or {}).get("status", {}).get("readyReplicas", 0) >= 1
         redis_ok = ready
-        result.append(
-            _condition(
-                "RedisReady",
-                ready,
-                "Ready" if ready else "Starting",
-                "managed Redis is ready" if ready else "waiting for the managed Redis pod",
-            )
-        )
+        # What it runs with: its StatefulSet's claim, once there is one.
+        in_place = claim_in_place(observed.redis) if observed.redis else redis.managed.persistence
+        result.append(_managed_redis_condition(ready, in_place))
     elif redis and redis.external:
         result.append(
             _condition(
@@ -170,6 +167,8 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
         )
     elif failure.get("status") == "True":
         degraded = _condition("Degraded", True, "ReplicaFailure", failure.get("message", ""))
+    elif claim_change := redis_claim_change(cs, observed):
+        degraded = _condition("Degraded", True, "RedisClaimImmutable", claim_change)
     elif observed.missing_apis:
         degraded = _condition(
             "Degraded",
@@ -191,6 +190,45 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
     result.append(degraded)
     result.append(slo_condition(cs, observed))
     return result
+
+
+def _managed_redis_condition(ready: bool, persistence: RedisPersistenceSpec) -> Condition:
+    if not ready:
+        return _condition("RedisReady", False, "Starting", "waiting for the managed Redis pod")
+    if not persistence.enabled:
+        return _condition(
+            "RedisReady",
+            True,
+            "PersistenceDisabled",
+            "managed Redis is ready, without persistence: a restart, reschedule or rollout "
+            "of its pod loses every thread (redis.managed.persistence.enabled)",
+        )
+    return _condition("RedisReady", True, "Ready", "managed Redis is ready")
+
+
+def _describe_claim(persistence: RedisPersistenceSpec) -> str:
+    if not persistence.enabled:
+        return "no claim (persistence off)"
+    storage_class = persistence.storage_class_name
+    where = f"StorageClass {storage_class}" if storage_class else "the default StorageClass"
+    return f"a {persistence.size} claim of {where}"
+
+
+def redis_claim_change(cs: ChatService, observed: Observed) -> str | None:
+    """Why the managed Redis's claim is not what the spec asks for, or None when it is: a
+    StatefulSet's claim template cannot change in place, so the operator keeps it."""
+    redis = cs.spec.redis
+    if not (redis and redis.managed and observed.redis):
+        return None
+    wanted, in_place = redis.managed.persistence, claim_in_place(observed.redis)
+    if same_claim(wanted, in_place):
+        return None
+    return (
+        f"redis.managed.persistence asks for {_describe_claim(wanted)}; the Redis has "
+        f"{_describe_claim(in_place)}, which cannot change in place (a StatefulSet's "
+        "volumeClaimTemplates are immutable): the rest of the spec is applied, the claim "
+        "stays. docs/state.md#changing-the-claim says how to move"
+    )
 
 
 def _keda_without_prometheus(cs: ChatService, observed: Observed) -> bool:
