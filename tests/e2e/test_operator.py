@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -208,7 +209,7 @@ def test_spec_change_rolls_the_pods(cluster: TestCluster, namespace: str) -> Non
 def test_invalid_specs_are_rejected_with_the_cel_message(
     cluster: TestCluster, namespace: str
 ) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         (
             {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
             "minReplicas must not exceed maxReplicas",
@@ -226,6 +227,10 @@ def test_invalid_specs_are_rejected_with_the_cel_message(
         (
             {"embeddings": {"provider": "openai", "baseUrl": "http://tei:80/v1"}},
             "the image's built-in index holds offline embeddings",
+        ),
+        (
+            {"redis": {"managed": {"replicas": 3}}},
+            "give redis.external as a Sentinel set (redis.external.sentinel)",
         ),
     ]
     for spec, message in cases:
@@ -245,8 +250,9 @@ def test_deleting_collects_every_child(cluster: TestCluster, namespace: str) -> 
     wait_ready(cluster, namespace, "support-chat")
     kinds = "configmaps,services,secrets,deployments,statefulsets,pdb,hpa,networkpolicies"
     selector = "app.kubernetes.io/instance=support-chat"
-    # 2 Secrets (the Redis password, the first API key), 2 Services, 2 NetworkPolicies
-    assert len(cluster.get_json("-n", namespace, kinds, "-l", selector)["items"]) == 11
+    # 2 Secrets (the Redis password, the first API key), 2 Services, 2 NetworkPolicies,
+    # 2 PodDisruptionBudgets (the chat pods', the Redis pod's)
+    assert len(cluster.get_json("-n", namespace, kinds, "-l", selector)["items"]) == 12
 
     cluster.kubectl("delete", "-n", namespace, "chat", "support-chat", "--timeout=60s")
     wait_for(
