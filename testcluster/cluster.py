@@ -200,6 +200,8 @@ STORAGE_CLASS = {
     "provisioner": "kubernetes.io/host-path",
     "reclaimPolicy": "Delete",
     "volumeBindingMode": "Immediate",
+    # A claim's request may grow (the volume itself does not: hostPath cannot resize).
+    "allowVolumeExpansion": True,
 }
 
 

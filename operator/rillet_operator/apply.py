@@ -215,10 +215,16 @@ async def reconcile(
         live.update(applied)
         await _prune(client, cs, desired, outcome)
 
+    redis = live.get(("StatefulSet", redis_name))
+    claims = claim_names(redis) if redis and managed_redis else []
+    claim = (
+        await client.get("v1", "PersistentVolumeClaim", claims[0], cs.namespace) if claims else None
+    )
     observed = replace(
         observed,
         deployment=live.get(("Deployment", cs.name)),
-        redis=live.get(("StatefulSet", redis_name)),
+        redis=redis,
+        redis_claim=claim,
         missing_apis=tuple(missing_apis),
     )
     old = body.get("status") or {}

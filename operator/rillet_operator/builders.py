@@ -263,7 +263,7 @@ def _managed_redis(cs: ChatService) -> ManagedRedisSpec:
     return managed
 
 
-def _quantity(value: str, field: str) -> Decimal:
+def quantity(value: str, field: str) -> Decimal:
     try:
         parsed: Decimal = parse_quantity(value)  # type: ignore[no-untyped-call]
     except ValueError:
@@ -275,7 +275,7 @@ def redis_args(cs: ChatService, persistence: RedisPersistenceSpec | None = None)
     """`persistence`: what the StatefulSet gets (`persistence_to_apply`); None: the spec's."""
     managed = _managed_redis(cs)
     persistence = persistence or managed.persistence
-    limit = _quantity(managed.memory_limit, "redis.managed.memoryLimit")
+    limit = quantity(managed.memory_limit, "redis.managed.memoryLimit")
     maxmemory = int(limit * 8 // 10)  # room for Redis's own overhead
     if persistence.enabled:
         # Every write reaches the AOF before its reply; fsync'd each second. The RDB
@@ -295,6 +295,14 @@ def redis_args(cs: ChatService, persistence: RedisPersistenceSpec | None = None)
         "--dir",
         REDIS_DATA_DIR,
     ]
+
+
+def requested_storage(claim: dict[str, Any]) -> str | None:
+    """What a PersistentVolumeClaim asks for (its spec: an expansion asked is counted)."""
+    storage: str | None = (
+        claim.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+    )
+    return storage
 
 
 def claim_names(statefulset: dict[str, Any]) -> list[str]:
@@ -327,9 +335,8 @@ def same_claim(a: RedisPersistenceSpec, b: RedisPersistenceSpec) -> bool:
     if not (a.enabled and b.enabled):
         return a.enabled == b.enabled
     field = "redis.managed.persistence.size"
-    return a.storage_class_name == b.storage_class_name and _quantity(a.size, field) == _quantity(
-        b.size, field
-    )
+    same_size = quantity(a.size, field) == quantity(b.size, field)
+    return same_size and a.storage_class_name == b.storage_class_name
 
 
 def persistence_to_apply(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rillet_operator.autoscaling import STATUS_WINDOW, autoscaling_status
-from rillet_operator.builders import claim_in_place, same_claim
+from rillet_operator.builders import claim_in_place, quantity, requested_storage, same_claim
 from rillet_operator.meta import ChatService, selector_string
 from rillet_operator.runtime_settings import api_keys_secret
 from rillet_operator.spec import RedisPersistenceSpec
@@ -40,6 +40,7 @@ class Observed:
     # Objects named like children that the ChatService does not control ("Service demo").
     conflicts: tuple[str, ...] = ()
     network_policies: bool = True  # the operator creates NetworkPolicies (its settings)
+    redis_claim: dict[str, Any] | None = None  # the managed Redis's PersistentVolumeClaim
 
 
 def controlled_by(obj: dict[str, Any], uid: str) -> bool:
@@ -168,7 +169,7 @@ def conditions(cs: ChatService, observed: Observed) -> list[Condition]:
     elif failure.get("status") == "True":
         degraded = _condition("Degraded", True, "ReplicaFailure", failure.get("message", ""))
     elif claim_change := redis_claim_change(cs, observed):
-        degraded = _condition("Degraded", True, "RedisClaimImmutable", claim_change)
+        degraded = _condition("Degraded", True, *claim_change)
     elif observed.missing_apis:
         degraded = _condition(
             "Degraded",
@@ -214,21 +215,32 @@ def _describe_claim(persistence: RedisPersistenceSpec) -> str:
     return f"a {persistence.size} claim of {where}"
 
 
-def redis_claim_change(cs: ChatService, observed: Observed) -> str | None:
-    """Why the managed Redis's claim is not what the spec asks for, or None when it is: a
-    StatefulSet's claim template cannot change in place, so the operator keeps it."""
+def redis_claim_change(cs: ChatService, observed: Observed) -> tuple[str, str] | None:
+    """(reason, message) when the managed Redis's claim is not what the spec asks for;
+    None when it is. A StatefulSet's claim template cannot change in place, so the
+    operator keeps it; the claim itself grows only when someone expands it."""
     redis = cs.spec.redis
     if not (redis and redis.managed and observed.redis):
         return None
     wanted, in_place = redis.managed.persistence, claim_in_place(observed.redis)
-    if same_claim(wanted, in_place):
-        return None
-    return (
-        f"redis.managed.persistence asks for {_describe_claim(wanted)}; the Redis has "
-        f"{_describe_claim(in_place)}, which cannot change in place (a StatefulSet's "
-        "volumeClaimTemplates are immutable): the rest of the spec is applied, the claim "
-        "stays. docs/state.md#changing-the-claim says how to move"
-    )
+    if not same_claim(wanted, in_place):
+        return "RedisClaimImmutable", (
+            f"redis.managed.persistence asks for {_describe_claim(wanted)}; the Redis has "
+            f"{_describe_claim(in_place)}, which cannot change in place (a StatefulSet's "
+            "volumeClaimTemplates are immutable): the rest of the spec is applied, the claim "
+            "stays. docs/state.md#changing-the-claim says how to move"
+        )
+    claim = observed.redis_claim
+    requested = requested_storage(claim) if claim and wanted.enabled else None
+    field = "redis.managed.persistence.size"
+    if claim and requested and quantity(requested, field) < quantity(wanted.size, field):
+        name = claim["metadata"]["name"]
+        return "RedisClaimNotExpanded", (
+            f"PersistentVolumeClaim {name} asks for {requested}, {field} for {wanted.size}: "
+            f"expand the claim (`kubectl patch pvc {name}`, where its StorageClass allows "
+            "volume expansion)"
+        )
+    return None
 
 
 def _keda_without_prometheus(cs: ChatService, observed: Observed) -> bool:

@@ -183,10 +183,40 @@ def test_a_claim_change_is_reported_not_retried(
     since = operator.log_tail(chars=10**9)[log_before:]
     assert "immutable" not in since, since
 
-    # Back to the claim in place: nothing left to report.
-    patch(cluster, namespace, "grow", {"redis": {"managed": {"persistence": {"size": "1Gi"}}}})
+    # The way docs/state.md gives to a bigger volume: expand the claim, then delete the
+    # StatefulSet alone; the operator makes it again with the new template, which adopts
+    # the running pod and the claim.
+    pod = wait_for("the Redis pod", lambda: redis_pod(cluster, namespace, "grow"))
+    data = claim(cluster, namespace, "data-grow-redis-0")
+    assert data is not None
+    bigger = json.dumps({"spec": {"resources": {"requests": {"storage": "5Gi"}}}})
+    cluster.kubectl("patch", "-n", namespace, "pvc", "data-grow-redis-0", "-p", bigger)
+    cluster.kubectl(
+        "delete", "-n", namespace, "statefulset", "grow-redis", "--cascade=orphan", "--wait"
+    )
+    remade = wait_for(
+        "the StatefulSet made again",
+        lambda: (
+            (
+                found := cluster.kubectl(
+                    "get", "-n", namespace, "statefulset", "grow-redis", "-o", "json", check=False
+                )
+            ).returncode
+            == 0
+            and (made := json.loads(found.stdout))["metadata"]["uid"] != redis["metadata"]["uid"]
+            and made
+        ),
+    )
+    (template,) = remade["spec"]["volumeClaimTemplates"]
+    assert template["spec"]["resources"]["requests"]["storage"] == "5Gi"
     body = wait_condition(cluster, namespace, "grow", "Degraded", "False")
     assert condition(body, "Degraded")["reason"] == "AsExpected"
+    adopted = wait_for("the pod adopted", lambda: redis_pod(cluster, namespace, "grow"))
+    assert adopted["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert adopted["metadata"]["ownerReferences"][0]["uid"] == remade["metadata"]["uid"]
+    kept = claim(cluster, namespace, "data-grow-redis-0")
+    assert kept is not None
+    assert kept["metadata"]["uid"] == data["metadata"]["uid"]
 
 
 def test_moving_to_an_external_redis_leaves_the_claim_and_says_so(

@@ -213,6 +213,27 @@ def test_a_claim_as_asked_is_not_degraded() -> None:
     assert condition(status, "RedisReady")["reason"] == "Ready"
 
 
+def test_a_template_grown_over_a_claim_not_expanded_says_so() -> None:
+    """After `kubectl delete statefulset --cascade=orphan` the new template asks for more
+    than the claim it adopts: the claim itself must be expanded."""
+    cs = chat_service(persistence={"size": "5Gi"})
+    statefulset = live(builders.redis_stateful_set(cs))
+
+    def claim(storage: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": "data-chat-redis-0"},
+            "spec": {"resources": {"requests": {"storage": storage}}},
+        }
+
+    observed = Observed(1, READY_DEPLOYMENT, statefulset, redis_claim=claim("1Gi"))
+    degraded = condition(compute_status(cs, observed, {}, "t"), "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RedisClaimNotExpanded")
+    assert "kubectl patch pvc data-chat-redis-0" in degraded["message"]
+
+    expanding = Observed(1, READY_DEPLOYMENT, statefulset, redis_claim=claim("5120Mi"))
+    assert condition(compute_status(cs, expanding, {}, "t"), "Degraded")["reason"] == "AsExpected"
+
+
 # -- status and Events --------------------------------------------------------------------
 
 
