@@ -207,7 +207,8 @@ def _constraints(node: dict[str, Any]) -> str:
             strict = key == "minimum" and node.get("exclusiveMinimum")
             parts.append(f"{'>' if strict else word} {node[key]}")
     if "pattern" in node:
-        parts.append(f"matches `{node['pattern']}`")
+        escaped = node["pattern"].replace("|", "\\|")  # a bare | would end the table cell
+        parts.append(f"matches `{escaped}`")
     return ", ".join(parts)
 
 

@@ -35,6 +35,11 @@ PLURAL = "chatservices"
 DEFAULT_IMAGE = "ghcr.io/rillet-dev/rillet:0.1.0"
 
 Quantity = str  # a Kubernetes quantity ("256Mi", "500m"); the API server parses it
+# A size in bytes as Kubernetes writes it ("512Mi", "20Gi", "1G"): refused at `kubectl apply`
+# when it is not one ("1GB"), rather than by the API server when the operator applies it.
+ByteQuantity = Annotated[
+    str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$")
+]
 DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
@@ -141,7 +146,7 @@ class RedisPersistenceSpec(Model):
         "PersistentVolumeClaim; off: the data lives in the pod only and any restart, "
         "reschedule or rollout of it loses every thread (status says so)",
     )
-    size: Quantity = Field(
+    size: ByteQuantity = Field(
         "1Gi",
         description="the claim's size: at least 3x memoryLimit (the AOF, its rewrite and an "
         "RDB snapshot); fixed once the claim exists",
@@ -172,7 +177,9 @@ class ManagedRedisSpec(Model):
     )
 
     image: str = "redis:7.2-alpine"
-    memory_limit: Quantity = Field("256Mi", description="container limit; maxmemory is 80% of it")
+    memory_limit: ByteQuantity = Field(
+        "256Mi", description="container limit; maxmemory is 80% of it"
+    )
     eviction_policy: Literal[
         "noeviction", "volatile-lru", "volatile-lfu", "volatile-ttl", "allkeys-lru", "allkeys-lfu"
     ] = Field(

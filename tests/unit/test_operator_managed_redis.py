@@ -274,6 +274,19 @@ def test_more_than_one_replica_is_refused_pointing_at_an_external_redis() -> Non
     assert MANAGED_REDIS_REPLICAS_MESSAGE in render_reference()
 
 
+@pytest.mark.parametrize("size", ["1GB", "1 Gi", "-1Gi", "Gi"])
+def test_a_size_kubernetes_would_not_read_is_refused_at_apply(size: str) -> None:
+    with pytest.raises(ValidationError, match=r"persistence\.size"):
+        ChatServiceSpec.model_validate({"redis": {"managed": {"persistence": {"size": size}}}})
+    managed = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["redis"]["properties"]["managed"]["properties"]
+    for field in (managed["persistence"]["properties"]["size"], managed["memoryLimit"]):
+        assert field["pattern"] == "^[0-9]+(\\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$"
+    for good in ("512Mi", "20Gi", "1G", "1.5Gi"):
+        builders.quantity(good, "size")  # what the API server and the builders read
+
+
 def test_the_defaults_the_api_server_fills_in() -> None:
     managed = ChatServiceSpec.model_validate({"redis": {"managed": {}}}).redis.managed  # type: ignore[union-attr]
     assert managed is not None
