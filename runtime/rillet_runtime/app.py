@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import redis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sse_starlette.sse import AppStatus
@@ -21,6 +22,7 @@ from rillet_runtime.api.errors import (
     BodyLimitMiddleware,
     http_exception_handler,
     state_corrupt_handler,
+    state_full_handler,
     unhandled_exception_handler,
     validation_exception_handler,
 )
@@ -97,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(CheckpointCorrupt, state_corrupt_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(redis.ResponseError, state_full_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unhandled_exception_handler)
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # never touches text/event-stream
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)

@@ -80,6 +80,22 @@ def save_failed(exc: BaseException) -> None:
     failures.append(exc)
 
 
+def saves_stopped() -> bool:
+    """A save of the streamed run failed already: later ones are not written, as they may
+    reference values the failed one held (a thread keeps its last whole checkpoint)."""
+    return bool(_save_failures.get())
+
+
+def refused_for_memory(exc: BaseException) -> bool:
+    """Redis refused a write because it is at `maxmemory` (policy `noeviction`, or nothing
+    left to evict). By shape, not by import: redis-py's OutOfMemoryError, or the OOM
+    reply wrapped by a Lua script on Redis 6."""
+    return type(exc).__name__ == "OutOfMemoryError" or (
+        type(exc).__module__.startswith("redis")
+        and "command not allowed when used memory" in str(exc)
+    )
+
+
 class CheckpointCorrupt(Exception):
     """A stored checkpoint cannot be read back as it was written: a value it references is
     missing, or its bytes do not decode (a payload the serializer refuses, such as pickle).

@@ -71,6 +71,14 @@ THREADS_EVICTED = Counter(
     "used first) or unused for state.checkpoint_ttl_seconds.",
     ["reason"],
 )
+STATE_ERRORS = Counter(
+    "rillet_state_errors_total",
+    "Thread state store failures by reason (state_full: Redis refused a write for memory; "
+    "state_unavailable: Redis could not be reached; state_corrupt: a stored checkpoint "
+    "could not be read back whole) and by what was refused (admission, checkpoint_save, "
+    "checkpoint_read, run_log, cache, request).",
+    ["reason", "operation"],
+)
 TOKENS_STREAMED = Counter(
     "rillet_tokens_streamed_total",
     "Model tokens (chunks) streamed to clients.",

@@ -20,6 +20,7 @@ import anyio
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.constants import TAG_HIDDEN, TAG_NOSTREAM
 from langgraph.pregel import Pregel
 from langgraph.types import StreamMode
@@ -29,6 +30,7 @@ from rillet_runtime.llm.errors import RunCancelled, classify_error
 from rillet_runtime.metrics import (
     INTER_TOKEN_LATENCY,
     REQUESTS,
+    STATE_ERRORS,
     TIME_TO_FIRST_TOKEN,
     TOKENS_STREAMED,
 )
@@ -282,16 +284,32 @@ async def _run_graph(request: RunRequest, queue: asyncio.Queue[_Item]) -> None:
                 namespace, mode, chunk = cast(tuple[tuple[str, ...], str, Any], part)
                 for item in dialect.output(namespace, mode, chunk, sink.seen_message_ids):
                     await queue.put(item)
+        outcome: dict[str, Any] = {"usage": sink.usage.reported, "state_saved": True}
         if save_failures:
-            log.warning("run %s: state not saved: %r", request.run_id, save_failures[0])
-        await queue.put(
-            ("end", {"usage": sink.usage.reported, "state_saved": not save_failures}, None)
-        )
+            outcome |= await _unsaved(request, save_failures[0])
+        await queue.put(("end", outcome, None))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.exception("run %s failed", request.run_id)
         await queue.put(("failed", exc, None))
+
+
+async def _unsaved(request: RunRequest, failure: BaseException) -> dict[str, Any]:
+    """A save of the run failed (Redis unreachable, or full): the answer stands, but the turn
+    is taken back out of the thread, so it holds the turn whole or not at all. What the run
+    did save goes (when Redis lets it; deletes are allowed even at its memory limit), and
+    the end says why: `state_saved_error` is `state_full` or `state_unavailable`."""
+    code = classify_error(failure).code
+    log.warning("run %s: state not saved (%s): %r", request.run_id, code, failure)
+    STATE_ERRORS.labels(code, "checkpoint_save").inc()
+    checkpointer = request.graph.checkpointer
+    if isinstance(checkpointer, BaseCheckpointSaver):
+        try:
+            await checkpointer.adelete_for_runs([request.run_id])
+        except Exception as exc:  # unreachable still: the saves before the failure stay
+            log.warning("run %s: what it saved could not be removed: %r", request.run_id, exc)
+    return {"state_saved": False, "state_saved_error": code}
 
 
 async def _stop_when_cancelled(
@@ -395,6 +413,8 @@ async def run_events(
                 return
             else:
                 info = classify_error(item[1])
+                if info.code.startswith("state_"):
+                    STATE_ERRORS.labels(info.code, "run").inc()
                 outcome = "error"
                 yield event(*dialect.error(info.code, info.message, info.retryable))
                 return

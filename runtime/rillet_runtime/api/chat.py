@@ -65,6 +65,13 @@ class ChatAnswer(BaseModel):
     finish_reason: str
     usage: dict[str, int]
     timings: dict[str, float | None]
+    state_saved: bool = Field(
+        description="false when the thread store failed during the run: the answer is "
+        "whole, but this turn is not in the thread"
+    )
+    state_saved_error: str | None = Field(
+        None, description="why it was not saved: state_full or state_unavailable"
+    )
 
 
 class ThreadMessage(BaseModel):
@@ -133,6 +140,8 @@ async def chat(
         finish_reason=collected.done.get("finish_reason", "stop"),
         usage=collected.done.get("usage", {}),
         timings=collected.done.get("timings", {}),
+        state_saved=collected.done.get("state_saved", True),
+        state_saved_error=collected.done.get("state_saved_error"),
     )
 
 

@@ -21,9 +21,10 @@ from rillet_runtime.admission import StreamSlot
 from rillet_runtime.api.errors import ApiError
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal, Unauthenticated
-from rillet_runtime.events import RunEvent, Usage
+from rillet_runtime.events import RunEvent, Usage, refused_for_memory
+from rillet_runtime.llm.errors import classify_error
 from rillet_runtime.llm.timing import LLMStageTimer
-from rillet_runtime.metrics import AUTH_FAILURES, LIMITED, REQUESTS
+from rillet_runtime.metrics import AUTH_FAILURES, LIMITED, REQUESTS, STATE_ERRORS
 from rillet_runtime.run_guard import (
     ClientGone,
     MultitaskStrategy,
@@ -41,6 +42,7 @@ from rillet_runtime.streaming import Dialect, NativeDialect, RunRequest, run_eve
 _STATUS_BY_CODE = {
     "provider_unavailable": 503,
     "state_unavailable": 503,
+    "state_full": 503,
     "provider_rate_limited": 503,
     "provider_timeout": 504,
     "stream_timeout": 504,
@@ -82,8 +84,23 @@ async def holding_thread(
     """The thread's lease for a change made outside a run (a delete, a state update), so no
     run saves over it meanwhile: 409 while a run holds it. Yields the thread's key."""
     thread, holder = thread_key(principal, thread_id), f"edit-{uuid.uuid4()}"
-    if not await runtime.runs.claim(thread, holder, principal.key):
-        raise ApiError(409, "thread_busy", "the thread has a run in progress", param="thread_id")
+    busy = ApiError(409, "thread_busy", "the thread has a run in progress", param="thread_id")
+    claimed: bool | None
+    try:
+        claimed = await runtime.runs.claim(thread, holder, principal.key)
+    except redis.RedisError as exc:
+        if not refused_for_memory(exc):
+            raise
+        claimed = None
+    if claimed is None:
+        # Redis is full, so no run can take the thread now either: a change that frees
+        # memory (a delete) still goes ahead unless a run already holds the thread.
+        if await runtime.runs.holder(thread) is not None:
+            raise busy
+        yield thread
+        return
+    if not claimed:
+        raise busy
     try:
         yield thread
     finally:
@@ -95,6 +112,19 @@ async def remove_thread(runtime: Runtime, principal: Principal, thread_id: str) 
     async with holding_thread(runtime, principal, thread_id) as thread:
         await runtime.checkpointer.adelete_thread(thread)
         await runtime.threads.delete_thread(principal.key, thread_id)
+
+
+def state_refusal(
+    runtime: Runtime, exc: BaseException, endpoint: str | None, operation: str
+) -> ApiError:
+    """503 for a Redis that refused or failed: `state_full` when it is at its memory limit
+    (its writes are refused; reads still work), else `state_unavailable`; with Retry-After."""
+    info = classify_error(exc)
+    STATE_ERRORS.labels(info.code, operation).inc()
+    if endpoint is not None:
+        REQUESTS.labels(endpoint, f"rejected_{info.code}").inc()
+    retry_after = {"Retry-After": str(runtime.settings.server.retry_after_seconds)}
+    return ApiError(503, info.code, info.message, headers=retry_after)
 
 
 def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
@@ -215,12 +245,8 @@ async def admit(
     except ClientGone:
         REQUESTS.labels(endpoint, "client_disconnected").inc()
         raise ApiError(499, "client_gone", "the client left while its run waited") from None
-    except redis.RedisError:  # limits and leases cannot be checked: refuse before streaming
-        REQUESTS.labels(endpoint, "rejected_state_unavailable").inc()
-        retry_after = {"Retry-After": str(settings.server.retry_after_seconds)}
-        raise ApiError(
-            503, "state_unavailable", "the thread state store is unavailable", headers=retry_after
-        ) from None
+    except redis.RedisError as exc:  # limits and leases cannot be taken: refuse before streaming
+        raise state_refusal(runtime, exc, endpoint, "admission") from None
     finally:
         if not guard.taken:
             slot.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,8 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rillet_runtime.events import CheckpointCorrupt
+from rillet_runtime.events import CheckpointCorrupt, refused_for_memory
 from rillet_runtime.llm.errors import classify_error
+from rillet_runtime.metrics import STATE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ _DESCRIPTIONS = {
     429: "a per-principal limit (with Retry-After, RateLimit and RateLimit-Policy)",
     500: "internal error, or the thread's stored state is damaged (state_corrupt)",
     502: "the model provider refused the request",
-    503: "over capacity, draining, or the state store is unavailable (with Retry-After)",
+    503: "over capacity, draining, or the state store is unavailable or out of memory "
+    "(state_full), with Retry-After",
     504: "the model provider or the stream timed out",
 }
 # What an authenticated route may answer besides its success, in the one error shape.
@@ -143,7 +146,21 @@ async def state_corrupt_handler(request: Request, exc: CheckpointCorrupt) -> JSO
     """500 `state_corrupt`: which checkpoint and value go to the log, not to the client."""
     log.error("%s %s: %s", request.method, request.url.path, exc)
     info = classify_error(exc)
+    STATE_ERRORS.labels(info.code, "checkpoint_read").inc()
     return error_response(500, info.code, info.message)
+
+
+async def state_full_handler(request: Request, exc: redis.ResponseError) -> JSONResponse:
+    """503 `state_full` (with Retry-After) for a write Redis refused at its memory limit
+    anywhere outside a run (a thread record, a state update); any other reply error is
+    unexpected: 500."""
+    if not refused_for_memory(exc):
+        return await unhandled_exception_handler(request, exc)
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    info = classify_error(exc)
+    STATE_ERRORS.labels(info.code, "request").inc()
+    retry_after = str(request.app.state.settings.server.retry_after_seconds)
+    return error_response(503, info.code, info.message, headers={"Retry-After": retry_after})
 
 
 async def unhandled_exception_handler(request: Request, exc: Exception) -> JSONResponse:

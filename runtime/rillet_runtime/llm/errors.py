@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from rillet_runtime.events import CheckpointCorrupt
+from rillet_runtime.events import CheckpointCorrupt, refused_for_memory
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -39,6 +39,8 @@ def classify_error(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(
             "state_corrupt", "the thread's stored state is damaged and cannot be read", False
         )
+    if refused_for_memory(exc):
+        return ErrorInfo("state_full", "the thread state store is out of memory", True)
     if type(exc).__module__.startswith("redis"):
         return ErrorInfo("state_unavailable", "the thread state store is unavailable", True)
     if isinstance(exc, ProviderUnavailableError) or name == "OpenedState":

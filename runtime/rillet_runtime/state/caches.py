@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
+import redis
 import redis.asyncio as aredis
 from cachetools import TTLCache
 
-from rillet_runtime.metrics import CACHE_REQUESTS
+from rillet_runtime.events import refused_for_memory
+from rillet_runtime.metrics import CACHE_REQUESTS, STATE_ERRORS
 
 
 class ResponseCache(Protocol):
@@ -32,6 +35,18 @@ def response_cache_key(scope: str, model: str, prompt: str) -> str:
 
 def _count(cache: str, hit: bool) -> None:
     CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()
+
+
+@contextmanager
+def _skipped_when_full() -> Iterator[None]:
+    """A cache entry is optional: Redis at its memory limit refusing it must not fail the
+    run that wanted to store it."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        if not refused_for_memory(exc):
+            raise
+        STATE_ERRORS.labels("state_full", "cache").inc()
 
 
 class MemoryResponseCache:
@@ -58,7 +73,8 @@ class RedisResponseCache:
         return stored.decode() if isinstance(stored, bytes) else stored
 
     async def set(self, key: str, answer: str) -> None:
-        await self.client.set(key, answer, px=self.ttl_ms)
+        with _skipped_when_full():
+            await self.client.set(key, answer, px=self.ttl_ms)
 
 
 def embedding_cache_key(model: str, text: str) -> str:
@@ -89,4 +105,5 @@ class RedisEmbeddingCache:
         pipe = self.client.pipeline(transaction=False)
         for text, vector in zip(texts, vectors, strict=True):
             pipe.set(embedding_cache_key(model, text), array("f", vector).tobytes(), px=self.ttl_ms)
-        await pipe.execute()
+        with _skipped_when_full():
+            await pipe.execute()

@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import orjson
 import redis
 
-from rillet_runtime.events import RunEvent, dumps_data
+from rillet_runtime.events import RunEvent, dumps_data, refused_for_memory
+from rillet_runtime.metrics import STATE_ERRORS
 from rillet_runtime.settings import StreamingSettings
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,11 @@ class RunLog(ABC):
                 done = batch[-1] is None
                 written = [event for event in batch if event is not None]
                 if written:
-                    with contextlib.suppress(redis.RedisError):
+                    try:
                         await self.append(run_id, *written)
+                    except redis.RedisError as exc:  # the run goes on; a resume may miss these
+                        if refused_for_memory(exc):
+                            STATE_ERRORS.labels("state_full", "run_log").inc()
                 if done:
                     return
 

@@ -98,7 +98,12 @@ class LangGraphDialect:
     def end(
         self, outcome: dict[str, Any], timings: dict[str, float | None]
     ) -> list[tuple[str, Any]]:
-        return [("end", None)]
+        """No data, as LangGraph's server sends; but a run whose state could not be saved
+        says so there (its clients ignore the end's data)."""
+        if outcome.get("state_saved", True):
+            return [("end", None)]
+        unsaved = {key: outcome.get(key) for key in ("state_saved", "state_saved_error")}
+        return [("end", unsaved)]
 
     def error(self, code: str, message: str, retryable: bool) -> tuple[str, Any]:
         return "error", {"error": code, "message": message, "retryable": retryable}

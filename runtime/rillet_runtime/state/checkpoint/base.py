@@ -32,7 +32,12 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from rillet_runtime.events import CheckpointCorrupt, save_failed
+from rillet_runtime.events import (
+    CheckpointCorrupt,
+    refused_for_memory,
+    save_failed,
+    saves_stopped,
+)
 from rillet_runtime.state.checkpoint import scripts
 from rillet_runtime.state.checkpoint.keys import (
     NS_SET_PATTERN,
@@ -178,8 +183,9 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         )
         requests: list[Request] = [put]
         if run_id := full_metadata.get("run_id"):
+            # Indexed first: a run whose save fails midway can still find all it wrote.
             member = run_member(thread_id, checkpoint_ns, checkpoint["id"])
-            requests.append(self._index_run(str(run_id), member))
+            requests.insert(0, self._index_run(str(run_id), member))
         yield from _saving(requests)
         return _config(thread_id, checkpoint_ns, checkpoint["id"])
 
@@ -300,9 +306,9 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         checkpoint references but Redis does not hold raises CheckpointCorrupt."""
         if not reply:
             return None
-        at = (thread_id, checkpoint_ns, text(reply[0]))
-        if len(reply) == 1:  # indexed, but its record is gone
-            raise CheckpointCorrupt(*at, "the checkpoint", "is missing")
+        at = (thread_id, checkpoint_ns, text(reply[0]) or "(latest)")
+        if len(reply) == 2:  # a part of the thread is gone (see scripts.GET)
+            raise CheckpointCorrupt(*at, text(reply[1]), "is missing")
         _, checkpoint_raw, metadata_raw, parent_raw, vfields, bvals, wfields, wvals = reply
         channel_values: dict[str, Any] = {}
         for field, value in zip(vfields, bvals, strict=True):
@@ -345,12 +351,17 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
 
 
 def _saving(requests: Sequence[Request]) -> Operation[None]:
-    """A save that fails goes to `save_failed`: a streamed run notes it and finishes its
-    answer; anywhere else it raises."""
+    """A save that fails (Redis unreachable, or refusing writes at its memory limit) goes
+    to `save_failed`: a streamed run notes it and finishes its answer, and writes nothing
+    more; anywhere else it raises."""
+    if saves_stopped():
+        return
     try:
         for request in requests:  # noqa: UP028 (`yield from` a list cannot be sent replies)
             yield request
-    except _SAVE_FAILURES as exc:
+    except redis.RedisError as exc:
+        if not (isinstance(exc, _SAVE_FAILURES) or refused_for_memory(exc)):
+            raise
         save_failed(exc)
 
 
@@ -359,8 +370,11 @@ def _eval(script: str, keys: Sequence[str], *args: Any) -> Command:
 
 
 def _namespaces(thread_id: str) -> Operation[list[str]]:
+    """The root namespace always: if the set was lost, its checkpoints are still found (and
+    read as corrupt), never skipped as if the thread had none."""
     members = yield ("SMEMBERS", ThreadKeys(thread_id).ns_set)
-    return [unescape(text(member)) for member in sorted(members)]
+    names = [unescape(text(member)) for member in sorted(members)]
+    return names if "" in names else ["", *names]
 
 
 def _list_scope(config: RunnableConfig | None) -> Operation[list[tuple[str, str]]]:

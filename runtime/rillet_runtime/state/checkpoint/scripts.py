@@ -102,7 +102,10 @@ return 1
 
 # KEYS: ns_set idx cps blobs writes wfields. ARGV: prefix ttl cid ('' = latest).
 # Returns {cid, checkpoint, metadata, parent, blob fields, blob values, write fields, writes};
-# {cid} alone for a checkpoint indexed without its record (corrupt); false for none.
+# {cid, part} when a part of the thread that must be there is not (corrupt: lost to
+# eviction, or deleted by hand; cid '' when the index itself is gone); false for none.
+# The keys of a thread are written, expired and deleted together, so one without another
+# is never a legitimate state (blobs alone are: a rolled-back first run leaves them).
 GET = (
     _NAMESPACE_KEYS
     + _TOUCH
@@ -112,13 +115,24 @@ GET = (
 local cid = ARGV[3]
 if cid == '' then
   local latest = redis.call('ZRANGE', KEYS[2], '+', '-', 'BYLEX', 'REV', 'LIMIT', 0, 1)
-  if #latest == 0 then return false end
+  if #latest == 0 then
+    if redis.call('EXISTS', KEYS[3], KEYS[5], KEYS[6]) > 0 then
+      return {'', 'the index of its checkpoints'}
+    end
+    return false
+  end
   cid = latest[1]
 end
 local rec = redis.call('HMGET', KEYS[3], cid, cid .. '\0m', cid .. '\0p', cid .. '\0v')
 if not rec[1] then
-  if redis.call('ZSCORE', KEYS[2], cid) then return {cid} end
+  if redis.call('ZSCORE', KEYS[2], cid) then return {cid, 'the checkpoint'} end
   return false
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {cid, 'the index of its checkpoints'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {cid, 'the set of its namespaces'} end
+local has_writes, has_wfields = redis.call('EXISTS', KEYS[5]), redis.call('EXISTS', KEYS[6])
+if has_writes ~= has_wfields then
+  return {cid, has_writes == 1 and 'the index of its pending writes' or 'its pending writes'}
 end
 local vfields = referenced_fields(rec[4])
 local bvals = {}
@@ -136,6 +150,8 @@ DELETE_THREAD = (
     _NAMESPACE_KEYS
     + r"""
 for _, key in ipairs(namespace_keys(ARGV[1], KEYS[1])) do redis.call('DEL', key) end
+-- The root namespace's keys even if the set naming them was lost (evicted).
+for _, suffix in ipairs(NS_SUFFIXES) do redis.call('DEL', ARGV[1] .. suffix) end
 redis.call('DEL', KEYS[1])
 return 1
 """
