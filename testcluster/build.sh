@@ -9,16 +9,26 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$HERE/go.mod")
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
-PROMETHEUS_OPERATOR_VERSION=v0.85.0  # only its PodMonitor CRD, for the chart's dry runs
+PROMETHEUS_OPERATOR_VERSION=v0.85.0  # only its PodMonitor and PrometheusRule CRDs, for the chart's dry runs
 KEDA_VERSION=v2.21.0  # only its ScaledObject CRD, for engine: keda
 CACHE=${RILLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rillet}
 KEY=$(cat "$HERE/go.mod" "$HERE/go.sum" "$HERE/main.go" "$HERE/build.sh" "$HERE"/promqlcheck/* \
   | sha256sum | cut -c1-12)
 OUT="$CACHE/k8s-$K8S_VERSION-$KEY"
 
-if [[ -x "$OUT/bin/k8s" && -x "$OUT/bin/kwok" && -x "$OUT/bin/helm" && -x "$OUT/bin/promqlcheck" \
-  && -f "$OUT/kwok-stages.yaml" \
-  && -d "$OUT/crds" && -d "$OUT/crds-keda" ]]; then
+built() {
+  [[ -x "$OUT/bin/k8s" && -x "$OUT/bin/kwok" && -x "$OUT/bin/helm" && -x "$OUT/bin/promqlcheck" \
+    && -f "$OUT/kwok-stages.yaml" && -d "$OUT/crds" && -d "$OUT/crds-keda" ]]
+}
+if built; then
+  echo "$OUT/bin"
+  exit 0
+fi
+# One build at a time: another process building the same version is waited for, then reused.
+mkdir -p "$CACHE"
+exec 9>"$OUT.lock"
+flock 9
+if built; then
   echo "$OUT/bin"
   exit 0
 fi
@@ -58,12 +68,14 @@ for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-
   cat "$stages/$stage.yaml"
 done > "$STAGING/kwok-stages.yaml"
 
-# The real PodMonitor CRD, so the chart's PodMonitors are checked against its schema.
+# The real PodMonitor and PrometheusRule CRDs, so the chart's are checked against their schemas.
 operator_module=github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION
 (cd "$STAGING" && GOFLAGS= go mod download "$operator_module")  # outside our module
 mkdir -p "$STAGING/crds"
-cp "$GOMODCACHE/$operator_module/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml" \
-  "$STAGING/crds/"
+for kind in podmonitors prometheusrules; do
+  cp "$GOMODCACHE/$operator_module/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" \
+    "$STAGING/crds/"
+done
 
 # KEDA's ScaledObject CRD, installed by the tests that want KEDA present.
 keda_module=github.com/kedacore/keda/v2@$KEDA_VERSION

@@ -15,13 +15,18 @@ from typing import Any
 
 import pytest
 import yaml
+from redis.exceptions import OutOfMemoryError
 
 from rillet_operator import builders
 from rillet_operator.autoscaling import ACTIVE_STREAMS, LATENCY_WINDOW, TTFT_P95
 from rillet_operator.meta import ChatService
+from rillet_runtime.events import CheckpointCorrupt
+from rillet_runtime.llm.errors import classify_error
+from rillet_runtime.metrics import STATE_ERRORS
 from testcluster import TestCluster, build
 from testcluster.operator import OperatorProcess
 from tests.e2e.kube import EXAMPLES, apply_example, condition, wait_ready
+from tests.support.promql import parse_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "rillet"
@@ -31,7 +36,8 @@ K8S_VERSION = "v1.37.2"
 
 @pytest.fixture(scope="module")
 def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
-    """Only the Prometheus Operator's PodMonitor CRD, which the chart may use, is there."""
+    """Only the Prometheus Operator's PodMonitor and PrometheusRule CRDs, which the chart
+    may use, are there."""
     bin_dir = build()
     workdir = tmp_path_factory.mktemp("chart-cluster")
     with TestCluster(workdir, bin_dir=bin_dir, crds=(bin_dir.parent / "crds",)) as cluster:
@@ -118,6 +124,41 @@ def test_the_chatservice_pod_monitor_scrapes_the_pods_metrics_port(
     assert scraped == {"metrics"} <= ports
     service_ports = {p["targetPort"] for p in builders.service(cs)["spec"]["ports"]}
     assert service_ports == {"http"}
+
+
+def test_the_state_alerts_fire_on_the_state_errors_the_runtime_counts(
+    bare_cluster: TestCluster,
+) -> None:
+    """Off by default (no PrometheusRule CRD needed); on, its alerts read the counter the
+    runtime exports, by the reasons the runtime gives, any increase firing, grouped by the
+    label the ChatService PodMonitor adds; Prometheus' parser takes every expression, and
+    the annotations keep their templating for Prometheus, not Helm. (The API server checks
+    the object against the real CRD in the dry run above.)"""
+    defaults = render(bare_cluster, CHART / "ci" / "default-values.yaml", "rillet-system")
+    assert not [d for d in defaults if d["kind"] == "PrometheusRule"]
+
+    documents = render(bare_cluster, CHART / "ci" / "namespaces-values.yaml", "rillet-system")
+    (rule,) = [d for d in documents if d["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "prometheus"  # for a ruleSelector
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    counter = STATE_ERRORS.describe()[0].name + "_total"
+    reasons = {
+        "RilletStateStoreFull": classify_error(OutOfMemoryError("OOM")).code,
+        "RilletStateCorrupt": classify_error(CheckpointCorrupt("t", "", "c", "x", "y")).code,
+    }
+    assert reasons == {"RilletStateStoreFull": "state_full", "RilletStateCorrupt": "state_corrupt"}
+    assert set(alerts) == set(reasons)
+    for name, reason in reasons.items():
+        alert = alerts[name]
+        expr = " ".join(alert["expr"].split())
+        assert f'increase({counter}{{reason="{reason}"}}[' in expr
+        assert expr.startswith("sum by (namespace, chatservice)")
+        assert expr.endswith("> 0")
+        assert alert["labels"]["team"] == "chat"  # ruleLabels
+        assert "{{ $labels.chatservice }}" in alert["annotations"]["summary"]
+        assert "docs/state.md#" in alert["annotations"]["runbook_url"]
+    assert alerts["RilletStateStoreFull"]["labels"]["severity"] == "critical"
+    assert parse_errors([alert["expr"] for alert in alerts.values()]) == {}
 
 
 def deployed_operator(cluster: TestCluster, namespace: str, release: str) -> dict[str, Any]:

@@ -5,8 +5,6 @@ rules with their template placeholders filled in as prometheus-adapter fills the
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import yaml
@@ -21,23 +19,10 @@ from rillet_operator.autoscaling import (
 from rillet_operator.meta import ChatService
 from rillet_operator.observe import GROUP_BY, SELECTOR
 from rillet_operator.spec import ChatServiceSpec
-from testcluster import build
+from tests.support.promql import parse_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTER_RULES = ROOT / "charts" / "rillet" / "templates" / "prometheus-adapter-rules.yaml"
-
-
-def parse_errors(queries: list[str]) -> dict[str, str]:
-    done = subprocess.run(
-        [str(build() / "promqlcheck")],
-        input="\n".join(q.replace("\n", " ") for q in queries) + "\n",
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    results = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(results) == len(queries)
-    return {r["query"]: r["error"] for r in results if r["error"]}
 
 
 def adapter_queries() -> list[str]:
