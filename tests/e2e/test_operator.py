@@ -232,6 +232,7 @@ def test_invalid_specs_are_rejected_with_the_cel_message(
             {"redis": {"managed": {"replicas": 3}}},
             "give redis.external as a Sentinel set (redis.external.sentinel)",
         ),
+        ({"redis": {"managed": {"persistence": {"size": "1GB"}}}}, "persistence.size"),
     ]
     for spec, message in cases:
         done = cluster.kubectl(
