@@ -21,9 +21,11 @@ from rillet_operator.spec import (
     AuthSpec,
     ChatServiceSpec,
     CorsSpec,
+    ExternalRedisSpec,
     LimitsSpec,
     ModelSpec,
     ProviderSpec,
+    RedisSentinelSpec,
     SecretKeyRef,
     VectorIndexSpec,
 )
@@ -42,6 +44,7 @@ from rillet_runtime.settings import (
     PineconeSettings,
     ProviderSettings,
     QdrantSettings,
+    RedisSentinelSettings,
     RetrievalSettings,
     ServerSettings,
     Settings,
@@ -281,12 +284,29 @@ def _state(spec: ChatServiceSpec) -> StateSettings:
     redis = spec.redis
     if redis is None:
         return StateSettings(checkpointer="memory")
+    external = redis.external
+    sentinel = external.sentinel if external else None
     return StateSettings(
         checkpointer="redis",
-        redis_url=FROM_ENV,
-        redis_cluster=bool(redis.external and redis.external.cluster),
+        redis_url=FROM_ENV if redis.managed or (external and _has_url(external)) else None,
+        redis_cluster=bool(external and external.cluster),
+        redis_sentinel=_sentinel(sentinel) if sentinel else None,
         checkpoint_ttl_seconds=redis.checkpoint_ttl_seconds,
         compress_min_bytes=redis.compress_min_bytes,
+    )
+
+
+def _has_url(external: ExternalRedisSpec) -> bool:
+    """A Sentinel set may do without: its master then has no password, database 0, no TLS."""
+    return bool(external.url or external.url_secret_ref)
+
+
+def _sentinel(sentinel: RedisSentinelSpec) -> RedisSentinelSettings:
+    return RedisSentinelSettings(
+        master_name=sentinel.master_name,
+        addresses=list(sentinel.addresses),
+        password=_from_env(sentinel.password_secret_ref),
+        failover_seconds=sentinel.failover_seconds,
     )
 
 
@@ -330,4 +350,9 @@ def secret_env(name: str, spec: ChatServiceSpec) -> list[dict[str, Any]]:
         env.append(_from_secret("RILLET_STATE__REDIS_URL", redis.external.url_secret_ref))
     elif redis and redis.external and redis.external.url:
         env.append({"name": "RILLET_STATE__REDIS_URL", "value": redis.external.url})
+    sentinel = redis.external.sentinel if redis and redis.external else None
+    if sentinel and sentinel.password_secret_ref:
+        env.append(
+            _from_secret("RILLET_STATE__REDIS_SENTINEL__PASSWORD", sentinel.password_secret_ref)
+        )
     return env

@@ -26,6 +26,8 @@ from rillet_runtime.settings import (
     CORS_EXPOSE_HEADERS,
     CORS_ORIGIN_PATTERN,
     HEADER_NAME_PATTERN,
+    SENTINEL_ADDRESS_PATTERN,
+    SENTINEL_PORT,
 )
 
 GROUP = "rillet.dev"
@@ -206,23 +208,70 @@ class ManagedRedisSpec(Model):
         return data
 
 
+SentinelAddress = Annotated[
+    str, StringConstraints(pattern=SENTINEL_ADDRESS_PATTERN, max_length=261)
+]
+
+
+class RedisSentinelSpec(Model):
+    master_name: str = Field(
+        min_length=1,
+        max_length=256,
+        description="the master's name in the sentinels' `sentinel monitor` line",
+    )
+    addresses: list[SentinelAddress] = Field(
+        min_length=1,
+        max_length=32,
+        description=f"the sentinels, `host:port` (port {SENTINEL_PORT} when left out); any one "
+        "that answers names the master",
+    )
+    password_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="the sentinels' own password (their `requirepass`), if they have one; "
+        "the master's is in the URL",
+    )
+    failover_seconds: int = Field(
+        5,
+        ge=1,
+        le=120,
+        description="a command that loses the master retries, asking the sentinels again, "
+        "at least this long before failing with state_unavailable: set it above the "
+        "sentinels' down-after-milliseconds plus a few seconds to ride through a failover",
+    )
+
+
 class ExternalRedisSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "has(self.url) != has(self.urlSecretRef)",
-                    "set exactly one of redis.external.url and redis.external.urlSecretRef",
-                )
+                    "has(self.sentinel) ? !(has(self.url) && has(self.urlSecretRef)) "
+                    ": has(self.url) != has(self.urlSecretRef)",
+                    "set exactly one of redis.external.url and redis.external.urlSecretRef "
+                    "(with redis.external.sentinel: at most one)",
+                ),
+                cel(
+                    "!has(self.sentinel) || !self.cluster",
+                    "redis.external.sentinel and redis.external.cluster exclude each other: "
+                    "a Redis Cluster fails over by itself",
+                ),
             ]
         }
     )
 
     url: str | None = Field(
-        None, pattern=r"^rediss?://[^@]*$", description="without a password; else use urlSecretRef"
+        None,
+        pattern=r"^rediss?://[^@]*$",
+        description="without a password; else use urlSecretRef. With sentinel, only its "
+        "database and scheme count (`rediss:///0`: TLS, database 0): the sentinels name "
+        "the host",
     )
     url_secret_ref: SecretKeyRef | None = Field(None, description="a URL that carries a password")
     cluster: bool = False
+    sentinel: RedisSentinelSpec | None = Field(
+        None,
+        description="find the master through these sentinels and follow it through a failover",
+    )
 
 
 class RedisSpec(Model):

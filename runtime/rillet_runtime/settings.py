@@ -7,10 +7,19 @@ secrets never go in the file, they arrive as env vars from Secrets.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -366,12 +375,70 @@ class EmbeddingSettings(_Section):
     max_retries: int = Field(2, ge=0)
 
 
+SENTINEL_PORT = 26379  # Redis Sentinel's own port, when an address names none
+# host:port, host, [IPv6]:port or [IPv6]; the port is checked for its range apart.
+SENTINEL_ADDRESS_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$"
+
+
+def sentinel_address(address: str) -> tuple[str, int]:
+    """A sentinel's address as redis-py takes it: (host, port)."""
+    matched = re.match(SENTINEL_ADDRESS_PATTERN, address)
+    port = int(matched[2][1:]) if matched and matched[2] else SENTINEL_PORT
+    if matched is None or not 1 <= port <= 65535:
+        raise ValueError(
+            f"{address!r} is not host:port (port 1-65535; an IPv6 address in brackets)"
+        )
+    return matched[1].removeprefix("[").removesuffix("]"), port
+
+
+def _valid_sentinel_address(address: str) -> str:
+    sentinel_address(address)
+    return address
+
+
+SentinelAddress = Annotated[str, AfterValidator(_valid_sentinel_address)]
+
+
+class RedisSentinelSettings(_Section):
+    """Redis behind Sentinel: where the sentinels listen and which master they watch. The
+    master's password, username, database and TLS stay in `state.redis_url`."""
+
+    master_name: str = Field(
+        min_length=1, description="the master's name in the sentinels' `sentinel monitor` line"
+    )
+    addresses: list[SentinelAddress] = Field(
+        min_length=1,
+        description=f"the sentinels, `host:port` (port {SENTINEL_PORT} when left out); any one "
+        "that answers names the master",
+    )
+    username: str | None = Field(None, description="the sentinels' own ACL user, if any")
+    password: SecretStr | None = Field(
+        None, description="the sentinels' own password (their `requirepass`); from a Secret"
+    )
+    failover_seconds: float = Field(
+        5,
+        ge=0,
+        le=120,
+        description="a command that loses the master keeps retrying, asking the sentinels "
+        "again, at least this long (at most about twice) before state_unavailable",
+    )
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        return [sentinel_address(address) for address in self.addresses]
+
+
 class StateSettings(_Section):
     checkpointer: Literal["memory", "redis"] = "memory"
     redis_url: SecretStr | None = Field(
         None, description="redis:// or rediss:// URL (may carry a password: from a Secret)"
     )
     redis_cluster: bool = Field(False, description="the URL points at a Redis Cluster")
+    redis_sentinel: RedisSentinelSettings | None = Field(
+        None,
+        description="find the master through these sentinels and follow it through a "
+        "failover; redis_url then gives only the password, username, database and TLS",
+    )
     redis_timeout_seconds: float = Field(2, gt=0, description="per command; connect gets half")
     redis_max_connections: int = Field(
         64,
@@ -400,9 +467,30 @@ class StateSettings(_Section):
 
     @model_validator(mode="after")
     def _redis_needs_a_url(self) -> StateSettings:
-        if self.checkpointer == "redis" and self.redis_url is None:
-            raise ValueError("state.redis_url is required when state.checkpointer is 'redis'")
+        sentinel = self.redis_sentinel
+        if self.checkpointer == "redis" and self.redis_url is None and sentinel is None:
+            raise ValueError(
+                "state.redis_url (or state.redis_sentinel) is required when "
+                "state.checkpointer is 'redis'"
+            )
+        if sentinel is not None and self.redis_cluster:
+            raise ValueError(
+                "state.redis_sentinel and state.redis_cluster exclude each other: a Redis "
+                "Cluster fails over by itself; set one"
+            )
+        socket = self.redis_url and self.redis_url.get_secret_value().startswith("unix:")
+        if sentinel is not None and socket:
+            raise ValueError(
+                "state.redis_url must be redis:// or rediss:// with state.redis_sentinel, "
+                "not unix://: the sentinels name the master's host and port"
+            )
         return self
+
+    @property
+    def redis_connection_url(self) -> str:
+        """The URL the clients are built from; with sentinels and no URL: no password,
+        database 0, no TLS."""
+        return self.redis_url.get_secret_value() if self.redis_url else "redis://"
 
 
 class Settings(BaseSettings):

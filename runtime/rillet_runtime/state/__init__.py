@@ -27,7 +27,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from rillet_runtime.metrics import THREADS_EVICTED, timed_stage
-from rillet_runtime.settings import Settings, StateSettings
+from rillet_runtime.settings import RedisSentinelSettings, Settings, StateSettings
 from rillet_runtime.state.caches import (
     MemoryResponseCache,
     RedisEmbeddingCache,
@@ -35,7 +35,7 @@ from rillet_runtime.state.caches import (
     ResponseCache,
     response_cache_key,
 )
-from rillet_runtime.state.checkpoint import RedisCheckpointSaver, strict_serializer
+from rillet_runtime.state.checkpoint import RedisCheckpointSaver, SentinelSet, strict_serializer
 from rillet_runtime.state.limits import Limiter, MemoryLimiter, RedisLimiter
 from rillet_runtime.state.run_log import RunLog, open_run_log
 from rillet_runtime.state.runs import LEASE_MS, MemoryRunRegistry, RedisRunRegistry, RunRegistry
@@ -152,6 +152,18 @@ def serializer(settings: StateSettings) -> JsonPlusSerializer:
     return strict_serializer(tuple(name.rsplit(".", 1)) for name in settings.serde_allowed_types)
 
 
+def sentinel_set(settings: RedisSentinelSettings | None) -> SentinelSet | None:
+    if settings is None:
+        return None
+    return SentinelSet(
+        master_name=settings.master_name,
+        addresses=tuple(settings.sentinels),
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        failover_seconds=settings.failover_seconds,
+    )
+
+
 @asynccontextmanager
 async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
     """Open the configured backends for one worker process; close them, run log first, after."""
@@ -183,10 +195,10 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
             await run_log.aclose()
         return
 
-    assert settings.redis_url is not None  # enforced by StateSettings
     saver = TimedRedisSaver.from_url(
-        settings.redis_url.get_secret_value(),
+        settings.redis_connection_url,
         cluster=settings.redis_cluster,
+        sentinel=sentinel_set(settings.redis_sentinel),
         socket_timeout=settings.redis_timeout_seconds,
         connect_timeout=settings.redis_timeout_seconds / 2,
         max_connections=settings.redis_max_connections,

@@ -28,12 +28,14 @@ from rillet_runtime.events import CheckpointCorrupt
 from rillet_runtime.state.checkpoint.aio import AsyncFace
 from rillet_runtime.state.checkpoint.base import CHAT_STATE_TYPES, strict_serializer
 from rillet_runtime.state.checkpoint.keys import ThreadKeys
+from rillet_runtime.state.checkpoint.sentinel import SentinelSet, async_master, sync_master
 from rillet_runtime.state.checkpoint.sync import SyncFace
 
 __all__ = [
     "CHAT_STATE_TYPES",
     "CheckpointCorrupt",
     "RedisCheckpointSaver",
+    "SentinelSet",
     "ThreadKeys",
     "strict_serializer",
 ]
@@ -82,6 +84,7 @@ class RedisCheckpointSaver(AsyncFace, SyncFace):
         url: str,
         *,
         cluster: bool = False,
+        sentinel: SentinelSet | None = None,
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         max_connections: int = 64,
@@ -94,7 +97,13 @@ class RedisCheckpointSaver(AsyncFace, SyncFace):
         hangs costs one `socket_timeout`, not three. The async pool is bounded and
         blocking: under load a command waits (up to `socket_timeout`) for a connection
         instead of failing with "Too many connections".
+
+        With `sentinel`, the master is the one those sentinels name (the URL gives only
+        its password, username, database and TLS), and a lost connection is retried,
+        asking them again, for `sentinel.failover_seconds` (sentinel.py).
         """
+        if cluster and sentinel is not None:
+            raise ValueError("a Redis Cluster has no sentinels: give cluster or sentinel")
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
@@ -103,6 +112,19 @@ class RedisCheckpointSaver(AsyncFace, SyncFace):
         }
         backoff = ExponentialWithJitterBackoff(base=0.02, cap=0.25)
         async_client: Any
+        if sentinel is not None:
+            async_client = async_master(
+                url,
+                sentinel,
+                max_connections=max_connections,
+                pool_timeout=socket_timeout,
+                options=options,
+            )
+            return cls(
+                async_client,
+                sync_client=lambda: sync_master(url, sentinel, options=options),
+                **kwargs,
+            )
         if cluster:  # one pool per node, bounded the same way
             async_client = aredis.RedisCluster.from_url(
                 url, retry=AsyncRetry(backoff, 2), max_connections=max_connections, **options
