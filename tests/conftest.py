@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import RedisServer
+from tests.support.redis_cluster import RedisCluster, StateRedis, state_redis
 
 
 @pytest.fixture(scope="module")
@@ -21,3 +22,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(name="state_redis", scope="module", params=["redis", "cluster"])
+def state_redis_fixture(request: pytest.FixtureRequest) -> StateRedis:
+    """The same tests on one redis-server, then on a 3-master Redis Cluster."""
+    return state_redis(request, request.param)

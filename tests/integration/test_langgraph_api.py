@@ -1,7 +1,8 @@
 """LangGraph's own clients against `rillet serve`: the `langgraph-sdk` Python client and
-`RemoteGraph` from the `langgraph` package, unchanged, on a 2-worker server with a real
-redis-server and API keys. The model is `rillet fake-llm` (OpenAI's wire protocol), so what
-reaches it (and when its request is cancelled) is seen from its side."""
+`RemoteGraph` from the `langgraph` package, unchanged, on a 2-worker server with API keys and
+a real redis-server, then a real 3-master Redis Cluster (the same tests on each). The model
+is `rillet fake-llm` (OpenAI's wire protocol), so what reaches it (and when its request is
+cancelled) is seen from its side."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from langgraph_sdk.schema import Command, StreamPart
 from rillet_runtime.api.langgraph.shapes import assistant_id
 from rillet_runtime.fakellm import answer_tokens
 from tests.support.keys import api_key_settings, write_api_keys
-from tests.support.processes import RedisServer, wait_for
+from tests.support.processes import wait_for
+from tests.support.redis_cluster import StateRedis
 from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
 TOKENS = 60  # 40 ms apart: a 2.4 s answer, long enough to act on a run in flight
@@ -42,25 +44,20 @@ def fake(module_tmp: Path) -> Iterator[FakeLLM]:
         yield process
 
 
-def _settings(module_tmp: Path, fake: FakeLLM, redis: RedisServer) -> dict[str, str]:
+def _settings(module_tmp: Path, fake: FakeLLM, store: StateRedis) -> dict[str, str]:
     keys = write_api_keys(module_tmp / "api-keys", KEYS)
-    return {
-        **fake.openai_settings(),
-        "state__checkpointer": "redis",
-        "state__redis_url": redis.url,
-        **api_key_settings(keys),
-    }
+    return {**fake.openai_settings(), **store.settings(), **api_key_settings(keys)}
 
 
 @pytest.fixture(scope="module")
-def server(module_tmp: Path, fake: FakeLLM, redis_server: RedisServer) -> Iterator[Process]:
-    with rillet_server(module_tmp, workers=2, **_settings(module_tmp, fake, redis_server)) as p:
+def server(module_tmp: Path, fake: FakeLLM, state_redis: StateRedis) -> Iterator[Process]:
+    with rillet_server(module_tmp, workers=2, **_settings(module_tmp, fake, state_redis)) as p:
         yield p
 
 
 @pytest.fixture(scope="module")
 def user_graph_server(
-    module_tmp: Path, fake: FakeLLM, redis_server: RedisServer
+    module_tmp: Path, fake: FakeLLM, state_redis: StateRedis
 ) -> Iterator[Process]:
     """A user's graph: a subgraph streams the model's draft, then a human reviews it."""
     with pytest.MonkeyPatch.context() as env:
@@ -70,7 +67,7 @@ def user_graph_server(
             workers=2,
             graph="tests.support.graphs:drafted_then_reviewed",
             graph_id="reviewed",
-            **_settings(module_tmp, fake, redis_server),
+            **_settings(module_tmp, fake, state_redis),
         ) as process:
             yield process
 

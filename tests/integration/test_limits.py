@@ -1,29 +1,28 @@
-"""Per-principal limits, on a real redis-server and in memory: the same rules either way."""
+"""Per-principal limits, on a real redis-server, a real Redis Cluster and in memory: the
+same rules each way."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-import redis.asyncio as aredis
 
 from rillet_runtime.settings import LimitsSettings
 from rillet_runtime.state.limits import Limiter, MemoryLimiter, RedisLimiter
-from tests.support.processes import RedisServer
+from tests.support.redis_cluster import state_redis
 
 MakeLimiter = Callable[[LimitsSettings], Limiter]
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def make_limiter(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[MakeLimiter]:
-    client = aredis.Redis.from_url(redis_server.url)
-    await client.flushdb()
-    if request.param == "redis":
-        yield lambda settings: RedisLimiter(client, settings, stream_ttl_ms=10_000)
-    else:
+@pytest.fixture(params=["redis", "cluster", "memory"])
+async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimiter]:
+    if request.param == "memory":
         yield MemoryLimiter
+        return
+    store = state_redis(request, request.param)
+    store.flush()
+    client = store.async_client()
+    yield lambda settings: RedisLimiter(client, settings, stream_ttl_ms=10_000)
     await client.aclose()
 
 

@@ -1,11 +1,11 @@
-"""The embedding and response caches against a real redis-server."""
+"""The embedding and response caches against a real redis-server and a real Redis Cluster."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-import redis.asyncio as aredis
 from prometheus_client import REGISTRY
 
 from rillet_runtime.state.caches import (
@@ -14,13 +14,13 @@ from rillet_runtime.state.caches import (
     embedding_cache_key,
     response_cache_key,
 )
-from tests.support.processes import RedisServer
+from tests.support.redis_cluster import StateRedis
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_server.url)
-    await client.flushdb()
+async def client(state_redis: StateRedis) -> AsyncIterator[Any]:
+    state_redis.flush()
+    client = state_redis.async_client()
     yield client
     await client.aclose()
 
@@ -30,7 +30,7 @@ def counted(cache: str, result: str) -> float:
     return REGISTRY.get_sample_value("rillet_cache_requests_total", labels) or 0.0
 
 
-async def test_embeddings_round_trip_in_batches_per_model(client: aredis.Redis) -> None:
+async def test_embeddings_round_trip_in_batches_per_model(client: Any) -> None:
     cache = RedisEmbeddingCache(client, ttl_seconds=60)
     texts = ["alpha", "beta", "gamma"]
     hits, misses = counted("embedding", "hit"), counted("embedding", "miss")
@@ -48,7 +48,7 @@ async def test_embeddings_round_trip_in_batches_per_model(client: aredis.Redis) 
     assert "alpha" not in key
 
 
-async def test_responses_are_scoped_and_expire(client: aredis.Redis) -> None:
+async def test_responses_are_scoped_and_expire(client: Any) -> None:
     cache = RedisResponseCache(client, ttl_seconds=30)
     mine = response_cache_key("tenant-a", "gpt", "What is  Rillet?")
     await cache.set(mine, "An operator.")

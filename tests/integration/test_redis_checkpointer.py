@@ -1,6 +1,7 @@
-"""RedisCheckpointSaver against a real redis-server: LangGraph's checkpointer behaviours
-through the async and the sync API, the key layout, compression, TTLs and crash safety;
-loads that refuse to run code, and values gone missing that are errors, not empty state."""
+"""RedisCheckpointSaver against a real redis-server and a real 3-master Redis Cluster (the
+same tests on each): LangGraph's checkpointer behaviours through the async and the sync API,
+the key layout, compression, TTLs and crash safety; loads that refuse to run code, and
+values gone missing that are errors, not empty state."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pickle
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -37,19 +39,22 @@ from rillet_runtime.state import serializer
 from rillet_runtime.state.checkpoint import CheckpointCorrupt, RedisCheckpointSaver
 from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import RedisServer
+from tests.support.redis_cluster import StateRedis
 from tests.support.servers import rillet_server
 
 API = pytest.mark.parametrize("api", ["async", "sync"])
 
 
+def connect(state_redis: StateRedis, **kwargs: Any) -> AbstractAsyncContextManager[Any]:
+    """A saver on that Redis, closed after."""
+    return RedisCheckpointSaver.connect(state_redis.url, cluster=state_redis.cluster, **kwargs)
+
+
 @pytest.fixture
-async def saver(redis_server: RedisServer) -> AsyncIterator[RedisCheckpointSaver]:
-    redis.Redis.from_url(redis_server.url).flushdb()
-    saver = RedisCheckpointSaver.from_url(
-        redis_server.url, ttl_seconds=3600, compress_min_bytes=1024
-    )
-    yield saver
-    await saver.aclose()
+async def saver(state_redis: StateRedis) -> AsyncIterator[RedisCheckpointSaver]:
+    state_redis.flush()
+    async with connect(state_redis, ttl_seconds=3600, compress_min_bytes=1024) as saver:
+        yield saver
 
 
 async def call(api: str, target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -286,19 +291,19 @@ async def test_delete_copy_prune_and_delete_for_runs(saver: RedisCheckpointSaver
 
 
 async def test_every_key_of_a_thread_is_in_one_cluster_slot(
-    saver: RedisCheckpointSaver, redis_server: RedisServer
+    saver: RedisCheckpointSaver, state_redis: StateRedis
 ) -> None:
     graph = echo_graph(saver)
     await graph.ainvoke(
         {"messages": [HumanMessage(content="hi")]}, {"configurable": {"thread_id": "slot{tag}:x"}}
     )
-    keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("rillet:cp:{*")]
+    keys = [k.decode() for k in state_redis.keys("rillet:cp:{*")]
     assert len(keys) >= 5
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
 
 async def test_unchanged_channels_are_stored_once_and_large_values_compressed(
-    saver: RedisCheckpointSaver, redis_server: RedisServer
+    saver: RedisCheckpointSaver, state_redis: StateRedis
 ) -> None:
     class State(TypedDict):
         big: str
@@ -318,7 +323,7 @@ async def test_unchanged_channels_are_stored_once_and_large_values_compressed(
     for _ in range(5):
         await graph.ainvoke({"turns": []}, config)
 
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = state_redis.client()
     fields = raw.hkeys("rillet:cp:{blobs}::blobs")
     big_fields = [f for f in fields if f.startswith(b"big\0")]
     assert len(big_fields) == 1  # written once, referenced by every later checkpoint
@@ -327,7 +332,7 @@ async def test_unchanged_channels_are_stored_once_and_large_values_compressed(
     assert stored.split(b"\0", 1)[1][:1] == b"z"  # zstd-compressed
     assert len(stored) < len(big) / 10
     assert (await graph.aget_state(config)).values["big"] == big
-    ttls = [raw.pttl(k) for k in raw.keys("rillet:cp:{blobs}*")]
+    ttls = [raw.pttl(k) for k in state_redis.keys("rillet:cp:{blobs}*")]
     assert all(0 < ttl <= 3600_000 for ttl in ttls)
 
 
@@ -379,11 +384,11 @@ class Order:
     ids=["listed", "others-listed", "nothing-listed"],
 )
 async def test_the_serializer_allowlist_decides_which_types_come_back(
-    redis_server: RedisServer, listed: list[str], allowed: bool
+    state_redis: StateRedis, listed: list[str], allowed: bool
 ) -> None:
     """Strict by default: a type is constructed on load only when it is listed."""
     settings = StateSettings(serde_allowed_types=listed)
-    async with RedisCheckpointSaver.connect(redis_server.url, serde=serializer(settings)) as saver:
+    async with connect(state_redis, serde=serializer(settings)) as saver:
         config = {"configurable": {"thread_id": f"allowlist-{len(listed)}-{allowed}"}}
         await order_graph(saver).ainvoke({"order": Order("tea", 2)}, config)
         revived = (await saver.aget_tuple(config)).checkpoint["channel_values"]["order"]
@@ -419,11 +424,10 @@ async def test_a_delta_channel_history_is_rebuilt_from_its_writes(
 
 
 async def test_a_busy_pool_makes_commands_wait_instead_of_failing(
-    redis_server: RedisServer,
+    state_redis: StateRedis,
 ) -> None:
     """More concurrent runs than connections: they queue for the pool, none fails."""
-    saver = RedisCheckpointSaver.from_url(redis_server.url, max_connections=2)
-    try:
+    async with connect(state_redis, max_connections=2) as saver:
         graph = echo_graph(saver)
         results = await asyncio.gather(
             *(
@@ -437,8 +441,6 @@ async def test_a_busy_pool_makes_commands_wait_instead_of_failing(
         assert [r["messages"][-1].content for r in results] == [
             f"echo: hello {i}" for i in range(40)
         ]
-    finally:
-        await saver.aclose()
 
 
 class _PickledCall:
@@ -468,11 +470,13 @@ async def thread_with_blobs(saver: RedisCheckpointSaver, thread: str) -> dict[st
     return config
 
 
-def overwrite_channel(url: str, thread: str, channel: str, value: bytes | None) -> int:
+def overwrite_channel(
+    state_redis: StateRedis, thread: str, channel: str, value: bytes | None
+) -> int:
     """Every stored version of `channel` replaced by `value` (None: deleted), as someone
     with access to Redis could; the count of fields touched."""
-    raw = redis.Redis.from_url(url)
-    (blobs,) = raw.keys(f"rillet:cp:{{*{thread}}}::blobs")
+    raw = state_redis.client()
+    (blobs,) = state_redis.keys(f"rillet:cp:{{*{thread}}}::blobs")
     fields = [f for f in raw.hkeys(blobs) if f.startswith(channel.encode() + b"\0")]
     for field in fields:
         if value is None:
@@ -484,7 +488,7 @@ def overwrite_channel(url: str, thread: str, channel: str, value: bytes | None) 
 
 @pytest.mark.parametrize("kind", ["msgpack", "pickle"])
 async def test_a_crafted_blob_cannot_call_code_on_load(
-    saver: RedisCheckpointSaver, redis_server: RedisServer, tmp_path: Path, kind: str
+    saver: RedisCheckpointSaver, state_redis: StateRedis, tmp_path: Path, kind: str
 ) -> None:
     """A blob written straight into Redis that names `os.system`: the default (strict) saver
     loads a msgpack one as inert data and refuses a pickle; nothing runs. A permissive
@@ -493,7 +497,7 @@ async def test_a_crafted_blob_cannot_call_code_on_load(
     thread = f"crafted-{kind}"
     config = await thread_with_blobs(saver, thread)
     blob = crafted_blob(kind, f"touch {marker}")
-    assert overwrite_channel(redis_server.url, thread, "messages", blob)
+    assert overwrite_channel(state_redis, thread, "messages", blob)
 
     if kind == "msgpack":
         loaded = await saver.aget_tuple(config)
@@ -504,18 +508,18 @@ async def test_a_crafted_blob_cannot_call_code_on_load(
     assert not marker.exists()
 
     permissive = JsonPlusSerializer(allowed_msgpack_modules=True, pickle_fallback=True)
-    async with RedisCheckpointSaver.connect(redis_server.url, serde=permissive) as unsafe:
+    async with connect(state_redis, serde=permissive) as unsafe:
         await unsafe.aget_tuple(config)
     assert marker.exists()
 
 
 @API
 async def test_a_missing_value_is_an_error_never_an_empty_thread(
-    api: str, saver: RedisCheckpointSaver, redis_server: RedisServer
+    api: str, saver: RedisCheckpointSaver, state_redis: StateRedis
 ) -> None:
     thread = f"missing-{api}"
     config = await thread_with_blobs(saver, thread)
-    assert overwrite_channel(redis_server.url, thread, "messages", None)
+    assert overwrite_channel(state_redis, thread, "messages", None)
     with pytest.raises(CheckpointCorrupt) as raised:
         await call(api, saver, "get_tuple", config)
     assert (raised.value.thread_id, raised.value.channel) == (thread, "messages")
@@ -524,8 +528,8 @@ async def test_a_missing_value_is_an_error_never_an_empty_thread(
         await history(api, echo_graph(saver), config)
 
     # The checkpoint's own record gone while its id is still indexed: the same.
-    raw = redis.Redis.from_url(redis_server.url)
-    (cps,) = raw.keys(f"rillet:cp:{{{thread}}}::cps")
+    raw = state_redis.client()
+    (cps,) = state_redis.keys(f"rillet:cp:{{{thread}}}::cps")
     latest = raw.zrange(f"rillet:cp:{{{thread}}}::idx", -1, -1)[0]
     raw.hdel(cps, latest)
     with pytest.raises(CheckpointCorrupt, match="the checkpoint is missing"):
@@ -562,25 +566,21 @@ async def test_the_built_in_graph_needs_no_type_outside_the_allowlist(
 
 
 def test_rillet_serve_answers_a_corrupt_thread_with_state_corrupt(
-    redis_server: RedisServer, tmp_path: Path
+    state_redis: StateRedis, tmp_path: Path
 ) -> None:
     """Through the API: reading, continuing and streaming a thread whose blob is gone give
     500 `state_corrupt` (an `error` event on a stream), no stack trace; the log names it.
     Deleting it works."""
     keys = write_api_keys(tmp_path / "keys", {"alice": "key-alice-0123456789"})
     headers = {"Authorization": "Bearer key-alice-0123456789"}
-    settings = {
-        "state__checkpointer": "redis",
-        "state__redis_url": redis_server.url,
-        **api_key_settings(keys),
-    }
+    settings = {**state_redis.settings(), **api_key_settings(keys)}
     with (
         rillet_server(tmp_path, workers=1, **settings) as server,
         httpx.Client(base_url=server.url, headers=headers, timeout=30) as client,
     ):
         body = {"message": "How do I install Rillet?", "thread_id": "to-corrupt"}
         assert client.post("/v1/chat", json=body).status_code == 200
-        assert overwrite_channel(redis_server.url, "to-corrupt", "messages", None)
+        assert overwrite_channel(state_redis, "to-corrupt", "messages", None)
 
         for response in (
             client.get("/v1/threads/to-corrupt"),

@@ -1,5 +1,6 @@
 """The runtime on Redis state, as in production: two `rillet serve` replicas share a real
-redis-server; the model is `rillet fake-llm` speaking OpenAI's wire protocol."""
+redis-server, then a real 3-master Redis Cluster (the same tests on each); the model is
+`rillet fake-llm` speaking OpenAI's wire protocol."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from httpx_sse import connect_sse
 from rillet_runtime.fakellm import answer_tokens
 from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import RedisServer
+from tests.support.redis_cluster import StateRedis
 from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
 TOKENS = 60  # 40 ms apart: a 2.4 s answer
@@ -31,11 +33,10 @@ def fake(module_tmp: Path) -> Iterator[FakeLLM]:
         yield process
 
 
-def redis_settings(fake: FakeLLM, redis_url: str, **extra: str) -> dict[str, str]:
+def redis_settings(fake: FakeLLM, store: StateRedis, **extra: str) -> dict[str, str]:
     return {
         **fake.openai_settings(),
-        "state__checkpointer": "redis",
-        "state__redis_url": redis_url,
+        **store.settings(),
         "streaming__resume_grace_seconds": "5",
         **extra,
     }
@@ -43,9 +44,9 @@ def redis_settings(fake: FakeLLM, redis_url: str, **extra: str) -> dict[str, str
 
 @pytest.fixture(scope="module")
 def replicas(
-    module_tmp: Path, fake: FakeLLM, redis_server: RedisServer
+    module_tmp: Path, fake: FakeLLM, state_redis: StateRedis
 ) -> Iterator[tuple[Process, Process]]:
-    settings = redis_settings(fake, redis_server.url)
+    settings = redis_settings(fake, state_redis)
     with (
         rillet_server(module_tmp, workers=1, **settings) as a,
         rillet_server(module_tmp, workers=1, **settings) as b,
@@ -102,12 +103,12 @@ def test_the_thread_is_shared_by_the_replicas(replicas: tuple[Process, Process])
 
 
 def test_response_cache_answers_a_repeat_without_the_model(
-    module_tmp: Path, fake: FakeLLM, redis_server: RedisServer
+    module_tmp: Path, fake: FakeLLM, state_redis: StateRedis
 ) -> None:
     """Per principal, whichever replica answers: another principal's repeat is a miss."""
     keys = write_api_keys(module_tmp / "cache-keys", {"tenant-a": "key-a", "tenant-b": "key-b"})
     settings = redis_settings(
-        fake, redis_server.url, state__response_cache="true", **api_key_settings(keys)
+        fake, state_redis, state__response_cache="true", **api_key_settings(keys)
     )
     question = {"message": "How do I install Rillet?"}
     with (
@@ -126,10 +127,10 @@ def test_response_cache_answers_a_repeat_without_the_model(
 
 
 def test_a_dead_owner_gives_run_interrupted(
-    module_tmp: Path, fake: FakeLLM, redis_server: RedisServer, replicas: tuple[Process, Process]
+    module_tmp: Path, fake: FakeLLM, state_redis: StateRedis, replicas: tuple[Process, Process]
 ) -> None:
     _, b = replicas
-    with rillet_server(module_tmp, workers=1, **redis_settings(fake, redis_server.url)) as doomed:
+    with rillet_server(module_tmp, workers=1, **redis_settings(fake, state_redis)) as doomed:
         first = read(doomed.url, json={"message": "a long story"}, stop_after=4)
         os.killpg(doomed.proc.pid, signal.SIGKILL)
         doomed.proc.wait()
@@ -160,7 +161,8 @@ def test_redis_going_down_mid_stream(module_tmp: Path, fake: FakeLLM) -> None:
     with a clear, retryable 503; after Redis is back, everything works again."""
     redis = RedisServer(module_tmp / "flaky-redis")
     redis.start()
-    settings = redis_settings(fake, redis.url, state__redis_timeout_seconds="1")
+    store = StateRedis(redis.url, cluster=False)
+    settings = redis_settings(fake, store, state__redis_timeout_seconds="1")
     with rillet_server(module_tmp, workers=1, **settings) as server:
         with (
             httpx.Client(timeout=60) as client,

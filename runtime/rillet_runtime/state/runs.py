@@ -6,8 +6,11 @@ it lives: released when the run ends, lapsed within seconds when its worker dies
 ownership record outlives the run as long as its event log, so a resume or a cancel by
 anyone else finds nothing (404). A cancel reaches a run at once: directly when it runs in
 the worker that was asked, else through a Redis channel every worker listens to; the cancel
-key, read on the lease's beat, is the fallback (a Redis Cluster has no such channel here).
-Without Redis the same records live in the worker.
+key, read on the lease's beat, is the fallback. On a Redis Cluster the channel is the same
+plain PUBLISH/SUBSCRIBE: a cluster carries every PUBLISH to all its nodes over its bus, so
+each worker listens on one node's connection (not sharded pub/sub: that needs Redis 7, and
+redis-py 5.3's async cluster client has no pub/sub). Without Redis the same records live in
+the worker.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import RedisClusterException
 
 from rillet_runtime.state.run_log import run_key
 
@@ -126,24 +131,44 @@ class RedisRunRegistry(_WorkerRuns):
         await self.client.set(run_key(run_id, "cancel"), "1", px=self.record_ms)
         if (cancel := self.local.get(run_id)) is not None:
             cancel.set()
-        elif not isinstance(self.client, aredis.RedisCluster):
+        else:
             with contextlib.suppress(redis.RedisError):  # the beat still sees the key
-                await self.client.publish(CANCEL_CHANNEL, run_id)
+                # Not `publish()`: older redis-py's async cluster client lacks it.
+                await self.client.execute_command("PUBLISH", CANCEL_CHANNEL, run_id)
+
+    @contextlib.asynccontextmanager
+    async def _listener(self) -> AsyncIterator[Any]:
+        """Where this worker hears cancels: its client, or one node of a cluster (any node
+        hears every PUBLISH), chosen afresh on each reconnect so a lost node is left."""
+        if not isinstance(self.client, aredis.RedisCluster):
+            yield self.client
+            return
+        await self.client.initialize()  # the nodes are known from the first command on
+        node = self.client.get_random_node()
+        pool = aredis.ConnectionPool(
+            connection_class=node.connection_class, **node.connection_kwargs
+        )
+        listener = aredis.Redis.from_pool(pool)
+        try:
+            yield listener
+        finally:
+            await listener.aclose()
 
     async def watch_cancels(self) -> None:
         """For the worker's life: cancels asked on other workers, for runs of this one."""
-        if isinstance(self.client, aredis.RedisCluster):
-            return
         while True:
             try:
-                async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with (
+                    self._listener() as listener,
+                    listener.pubsub(ignore_subscribe_messages=True) as pubsub,
+                ):
                     await pubsub.subscribe(CANCEL_CHANNEL)
                     while True:  # not listen(): older redis-py applies the socket timeout there
                         message = await pubsub.get_message(timeout=1.0)
                         run_id = _text(message["data"]) if message else None
                         if run_id is not None and (cancel := self.local.get(run_id)):
                             cancel.set()
-            except redis.RedisError as exc:
+            except (redis.RedisError, RedisClusterException) as exc:  # the latter: no node
                 log.warning("cancel channel lost (%s); the lease beat covers until it is back", exc)
                 await asyncio.sleep(1)
 

@@ -27,6 +27,7 @@ from redis.retry import Retry
 from rillet_runtime.events import CheckpointCorrupt
 from rillet_runtime.state.checkpoint.aio import AsyncFace
 from rillet_runtime.state.checkpoint.base import CHAT_STATE_TYPES, strict_serializer
+from rillet_runtime.state.checkpoint.cluster import WaitingRedisCluster
 from rillet_runtime.state.checkpoint.keys import ThreadKeys
 from rillet_runtime.state.checkpoint.sentinel import SentinelSet, async_master, sync_master
 from rillet_runtime.state.checkpoint.sync import SyncFace
@@ -125,9 +126,13 @@ class RedisCheckpointSaver(AsyncFace, SyncFace):
                 sync_client=lambda: sync_master(url, sentinel, options=options),
                 **kwargs,
             )
-        if cluster:  # one pool per node, bounded the same way
-            async_client = aredis.RedisCluster.from_url(
-                url, retry=AsyncRetry(backoff, 2), max_connections=max_connections, **options
+        if cluster:  # one pool per node; a request waits for its turn (cluster.py)
+            async_client = WaitingRedisCluster.from_url(
+                url,
+                retry=AsyncRetry(backoff, 2),
+                max_connections=max_connections,
+                pool_timeout=socket_timeout,
+                **options,
             )
         else:
             pool = aredis.BlockingConnectionPool.from_url(
