@@ -17,7 +17,7 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests test test-unit \
-	test-integration test-e2e test-lower-bounds lint format bench bench-auth bench-durability bench-autoscaling bench-operator bench-vectors \
+	test-integration test-faults test-e2e test-lower-bounds lint format bench bench-auth bench-durability bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
 help: ## list the targets
@@ -94,6 +94,9 @@ test-unit: venv ## unit tests only
 
 test-integration: venv redis-server chromium js-clients test-servers ## integration tests only (real gunicorn, real SDKs)
 	$(PY) -m pytest tests/integration
+
+test-faults: venv redis-server test-servers ## the fault-injection suite alone (Toxiproxy, SIGKILL): docs/reliability.md
+	$(PY) -m pytest tests/integration/test_faults_redis.py tests/integration/test_faults_model.py
 
 test-e2e: venv control-plane ## e2e tests: the operator against a real control plane
 	$(PY) -m pytest tests/e2e

@@ -23,6 +23,7 @@ from rillet_runtime.api.errors import (
     http_exception_handler,
     state_corrupt_handler,
     state_full_handler,
+    state_unavailable_handler,
     unhandled_exception_handler,
     validation_exception_handler,
 )
@@ -100,6 +101,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(CheckpointCorrupt, state_corrupt_handler)  # type: ignore[arg-type]
     app.add_exception_handler(redis.ResponseError, state_full_handler)  # type: ignore[arg-type]
+    for unreachable in (redis.ConnectionError, redis.TimeoutError):
+        app.add_exception_handler(unreachable, state_unavailable_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unhandled_exception_handler)
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # never touches text/event-stream
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)

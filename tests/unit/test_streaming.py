@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 from langchain_core.messages import HumanMessage
 
@@ -95,6 +96,8 @@ async def test_closing_the_stream_cancels_the_run_and_leaves_no_task() -> None:
         (StatusError(429), "provider_rate_limited", True),
         (StatusError(400), "provider_error", False),
         (TimeoutError(), "provider_timeout", True),
+        (httpx.RemoteProtocolError("peer closed connection"), "provider_unavailable", True),
+        (httpx.ReadError("connection reset by peer"), "provider_unavailable", True),
         (ValueError("bug"), "internal_error", False),
     ],
 )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -31,6 +33,8 @@ from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
 from rillet_runtime.events import CheckpointCorrupt, RunEvent
 from rillet_runtime.run_guard import MultitaskStrategy
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/v1", tags=["chat"], dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES
@@ -93,10 +97,35 @@ async def _start(
     check_input([body.message], runtime.settings.limits, "message")
     graph_input = {"messages": [HumanMessage(content=body.message)]}
     thread_id = body.thread_id or uuid.uuid4().hex
-    run = new_run(runtime, principal, graph_input, thread_id, endpoint)
-    return await start_run(
+    # A turn is written once, when the run ends: a worker or a Redis that dies mid-run
+    # leaves the thread at its last whole turn, never a question without its answer.
+    options = {"durability": "exit"}
+    run = new_run(runtime, principal, graph_input, thread_id, endpoint, options=options)
+    started = await start_run(
         runtime, request.is_disconnected, principal, run, strategy=body.multitask_strategy
     )
+    started.events = _whole_turns(started.events, runtime, run.run_id)
+    return started
+
+
+# Errors after which the run's task may still be unwinding: its thread is left as it is.
+_STOPPED = frozenset({"run_cancelled", "stream_timeout"})
+
+
+async def _whole_turns(
+    events: AsyncGenerator[RunEvent], runtime: Runtime, run_id: str
+) -> AsyncGenerator[RunEvent]:
+    """A run that failed (the model, the state store) takes back what it saved of its turn
+    before its client hears of it, while it still holds the thread: a retry of the same
+    question finds the thread as it was, not the question twice."""
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event.event == "error" and event.data["code"] not in _STOPPED:
+                try:
+                    await runtime.checkpointer.adelete_for_runs([run_id])
+                except Exception as exc:  # Redis unreachable: its question may stay behind
+                    log.warning("run %s: its failed turn could not be taken back: %r", run_id, exc)
+            yield event
 
 
 @router.post(

@@ -156,6 +156,16 @@ async def state_full_handler(request: Request, exc: redis.ResponseError) -> JSON
     unexpected: 500."""
     if not refused_for_memory(exc):
         return await unhandled_exception_handler(request, exc)
+    return _state_refused(request, exc)
+
+
+async def state_unavailable_handler(request: Request, exc: redis.RedisError) -> JSONResponse:
+    """503 `state_unavailable` (with Retry-After) when Redis cannot be reached outside a run
+    (a thread read, a resume, a delete): a retryable answer, not a 500."""
+    return _state_refused(request, exc)
+
+
+def _state_refused(request: Request, exc: redis.RedisError) -> JSONResponse:
     log.warning("%s %s: %s", request.method, request.url.path, exc)
     info = classify_error(exc)
     STATE_ERRORS.labels(info.code, "request").inc()

@@ -49,8 +49,15 @@ def classify_error(exc: BaseException) -> ErrorInfo:
         return ErrorInfo("provider_timeout", "the model provider timed out", True)
     if status == 429:
         return ErrorInfo("provider_rate_limited", "the model provider is rate limiting", True)
-    if (status is not None and status >= 500) or "Connect" in name:
+    if status is not None and status >= 500:
         return ErrorInfo("provider_unavailable", "the model provider failed", True)
+    if "Connect" in name or any(cls.__name__ == "TransportError" for cls in type(exc).__mro__):
+        # The SDKs' connection errors, or httpx's under them: refused, reset or cut short.
+        return ErrorInfo(
+            "provider_unavailable",
+            "the model provider could not be reached, or its connection broke mid-answer",
+            True,
+        )
     if status is not None:
         return ErrorInfo(
             "provider_error", f"the model provider refused the request ({status})", False

@@ -207,7 +207,7 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
         serde=serializer(settings),
     )
     client = saver.client
-    run_log = open_run_log(client, streaming)
+    run_log = open_run_log(client, streaming, settings.redis_timeout_seconds)
     runs = RedisRunRegistry(client, record_ms=int(streaming.resume_ttl_seconds * 1000))
     run_log.spawn(runs.watch_cancels(), "cancel-channel")  # stopped with the run log
     try:

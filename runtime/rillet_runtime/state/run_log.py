@@ -57,6 +57,28 @@ def interrupted_event(last_id: int) -> RunEvent:
     )
 
 
+def unreadable_event(last_id: int) -> RunEvent:
+    """The log could not be read (Redis unreachable) while the run may go on: under the id
+    of the last event delivered, so resuming from it later misses nothing."""
+    return RunEvent(
+        last_id,
+        "error",
+        {
+            "code": "state_unavailable",
+            "message": "the run's event log cannot be read now; resume from the last event id",
+            "retryable": True,
+            "error": "StateUnavailable",
+        },
+    )
+
+
+def follow_block_ms(socket_timeout_seconds: float) -> int:
+    """How long a follower's XREAD waits for events: a second, or less than the socket
+    timeout when that is shorter, so Redis answers before the client gives up on the
+    socket (and never 0, which would block for ever)."""
+    return max(1, min(1000, int(socket_timeout_seconds * 500)))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -193,6 +215,7 @@ class RunLog(ABC):
 @dataclass
 class RedisRunLog(RunLog):
     client: Any = field(kw_only=True)  # redis.asyncio.Redis or RedisCluster
+    block_ms: int = field(default=1000, kw_only=True)  # follow_block_ms of the socket timeout
     shared: ClassVar[bool] = True
 
     def ended(self, run_id: str) -> None:
@@ -250,28 +273,34 @@ class RedisRunLog(RunLog):
         self, events: str, owner: str, reader: str, last_id: int
     ) -> AsyncGenerator[RunEvent]:
         cursor = f"{last_id}-0"
-        while True:
-            await self.client.set(reader, "1", px=_OWNER_TTL_MS)
-            reply: Any = await self.client.xread({events: cursor}, count=256, block=1000)
-            entries = reply[0][1] if reply else []
-            for entry_id, fields in entries:
-                cursor = _text(entry_id)
-                event = RunEvent(
-                    int(cursor.split("-")[0]),
-                    fields[b"e"].decode(),
-                    orjson.loads(fields[b"d"]),
+        try:
+            while True:
+                await self.client.set(reader, "1", px=_OWNER_TTL_MS)
+                reply: Any = await self.client.xread(
+                    {events: cursor}, count=256, block=self.block_ms
                 )
-                yield event
-                if event.event in TERMINAL:
+                entries = reply[0][1] if reply else []
+                for entry_id, fields in entries:
+                    cursor = _text(entry_id)
+                    event = RunEvent(
+                        int(cursor.split("-")[0]),
+                        fields[b"e"].decode(),
+                        orjson.loads(fields[b"d"]),
+                    )
+                    yield event
+                    if event.event in TERMINAL:
+                        return
+                # No owner and nothing new, even at one last look: the run's process is gone.
+                if (
+                    not entries
+                    and not await self.client.exists(owner)
+                    and not await self.client.xread({events: cursor}, count=1)
+                ):
+                    yield interrupted_event(int(cursor.split("-")[0]))
                     return
-            # No owner and nothing new, even at one last look: the run's process is gone.
-            if (
-                not entries
-                and not await self.client.exists(owner)
-                and not await self.client.xread({events: cursor}, count=1)
-            ):
-                yield interrupted_event(int(cursor.split("-")[0]))
-                return
+        except redis.RedisError as exc:  # an error event, not a connection cut mid-stream
+            log.warning("following %s: %r", events, exc)
+            yield unreadable_event(int(cursor.split("-")[0]))
 
 
 @dataclass
@@ -350,9 +379,12 @@ class MemoryRunLog(RunLog):
             await changed.wait()
 
 
-def open_run_log(client: Any | None, settings: StreamingSettings) -> RunLog:
-    """On Redis when there is one, else in the worker."""
+def open_run_log(
+    client: Any | None, settings: StreamingSettings, socket_timeout_seconds: float = 2
+) -> RunLog:
+    """On Redis when there is one (its commands time out after `socket_timeout_seconds`),
+    else in the worker."""
     limits = (int(settings.resume_ttl_seconds * 1000), settings.resume_max_events)
     if client is None:
         return MemoryRunLog(*limits)
-    return RedisRunLog(*limits, client=client)
+    return RedisRunLog(*limits, client=client, block_ms=follow_block_ms(socket_timeout_seconds))
