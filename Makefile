@@ -125,7 +125,7 @@ test-lower-bounds: $(LOWEST_VENV)/.installed redis-server ## unit and runtime in
 	  tests/integration/test_serve_default.py tests/integration/test_redis_runtime.py \
 	  tests/integration/test_redis_checkpointer.py tests/integration/test_providers.py \
 	  tests/integration/test_drain.py tests/integration/test_operator_contract.py \
-	  tests/integration/test_security.py \
+	  tests/integration/test_security.py tests/integration/test_redis_sentinel.py \
 	  --deselect tests/unit/test_operator_builders.py::test_generated_files_match_the_spec_model
 
 lint: venv ## ruff and mypy
