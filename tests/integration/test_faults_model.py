@@ -7,6 +7,7 @@ docs/reliability.md has the table these tests prove."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from rillet_runtime.fakellm import answer_tokens
-from tests.support.faults import Seen, read_thread, stream, turns
+from tests.support.faults import Seen, ask, stored_turns
 from tests.support.processes import RedisServer, wait_for
 from tests.support.servers import FakeLLM, RilletServer, fake_llm_process, rillet_server
 from tests.support.toxiproxy import Proxy, Toxiproxy, toxiproxy_server
@@ -87,7 +88,9 @@ def configure(fake: FakeLLM, **config: Any) -> None:
 
 def calls(fake: FakeLLM) -> int:
     """Requests the fake model received, answered or refused."""
-    return int(fake.stats()["started"])  # type: ignore[call-overload]
+    started = fake.stats()["started"]
+    assert isinstance(started, int)
+    return started
 
 
 @pytest.fixture(autouse=True)
@@ -101,21 +104,8 @@ def healthy_models(
     configure(fallback, error_rate=0.0)
     wait_for(
         "the primary model to answer again",
-        lambda: all(ask(server, "are you back?").text == PRIMARY for _ in range(2 * WORKERS)),
+        lambda: all(ask(server.url, "are you back?").text == PRIMARY for _ in range(2 * WORKERS)),
     )
-
-
-def ask(server: RilletServer, message: str, thread_id: str | None = None, **kwargs: Any) -> Seen:
-    body = {"message": message, **({"thread_id": thread_id} if thread_id else {})}
-    return stream(server.url, body, **kwargs)
-
-
-def stored_turns(server: RilletServer, thread_id: str) -> list[tuple[str, str]]:
-    response = read_thread(server.url, thread_id)
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    return turns(response.json()["messages"])
 
 
 def bytes_until_token(fake: FakeLLM, tokens: int) -> int:
@@ -135,7 +125,7 @@ def bytes_until_token(fake: FakeLLM, tokens: int) -> int:
         while True:
             received += sock.recv(65536)
             # The first frame (the role) holds `"content":""` too: the token is one further.
-            starts = [i for i in range(len(received)) if received.startswith(b'"content":', i)]
+            starts = [match.start() for match in re.finditer(rb'"content":', received)]
             if len(starts) > tokens and (end := received.find(b"\n\n\r\n", starts[tokens])) > 0:
                 return end + 4  # the end of the SSE frame, then of its HTTP chunk
 
@@ -153,20 +143,20 @@ def test_500_bursts_open_the_breaker_and_the_fallback_answers(
     answered: list[Seen] = []
     while len(answered) < MAX_REQUESTS:
         primary_calls = calls(primary)
-        answered.append(ask(server, f"question {len(answered)}", "burst"))
+        answered.append(ask(server.url, f"question {len(answered)}", "burst"))
         if calls(primary) == primary_calls:  # an open breaker: the primary was not called
             break
     assert calls(primary) - before >= BREAKER_FAILURES, "opened before its threshold"
     assert len(answered) < MAX_REQUESTS, "the breaker never opened"
     assert all(seen.text == FALLBACK and seen.saved for seen in answered)
     expected = [(f"question {i}", FALLBACK) for i in range(len(answered))]
-    assert stored_turns(server, "burst") == expected
+    assert stored_turns(server.url, "burst") == expected
 
     configure(fallback, error_rate=1.0)
     refused: list[Seen] = []
     while len(refused) < MAX_REQUESTS:
         counts = calls(primary), calls(fallback)
-        refused.append(ask(server, "anyone?"))
+        refused.append(ask(server.url, "anyone?"))
         if (calls(primary), calls(fallback)) == counts:  # both open: neither was called
             break
     assert len(refused) < MAX_REQUESTS, "the breakers never opened"
@@ -177,7 +167,7 @@ def test_500_bursts_open_the_breaker_and_the_fallback_answers(
     configure(primary, error_rate=0.0)
     configure(fallback, error_rate=0.0)
     time.sleep(BREAKER_RESET_SECONDS)  # the breakers' reset time: each lets a call through
-    assert all(ask(server, "back?").text == PRIMARY for _ in range(2 * WORKERS))
+    assert all(ask(server.url, "back?").text == PRIMARY for _ in range(2 * WORKERS))
 
 
 def test_model_connection_cut_after_ten_tokens(
@@ -186,19 +176,19 @@ def test_model_connection_cut_after_ten_tokens(
     """The model's connection closes after exactly ten tokens: the client has those ten,
     then an error event naming the cause; a started answer never moves to the fallback."""
     limit = bytes_until_token(primary, 10)
-    assert ask(server, "first question", "cut-model").text == PRIMARY
+    assert ask(server.url, "first question", "cut-model").text == PRIMARY
     fallback_calls = calls(fallback)
     with model_proxy.toxic("limit_data", bytes=limit):
-        seen = ask(server, "second question", "cut-model")
+        seen = ask(server.url, "second question", "cut-model")
     assert seen.cut is None
     assert seen.text == "".join(answer_tokens(PRIMARY_TOKENS)[:10])
     name, data = seen.last
     assert (name, data["code"], data["retryable"]) == ("error", "provider_unavailable", True)
     assert "connection" in data["message"]
     assert calls(fallback) == fallback_calls
-    assert stored_turns(server, "cut-model") == [("first question", PRIMARY)]  # not half a turn
-    assert ask(server, "second question", "cut-model").saved  # the client's retry
-    assert stored_turns(server, "cut-model") == [
+    assert stored_turns(server.url, "cut-model") == [("first question", PRIMARY)]  # not half a turn
+    assert ask(server.url, "second question", "cut-model").saved  # the client's retry
+    assert stored_turns(server.url, "cut-model") == [
         ("first question", PRIMARY),
         ("second question", PRIMARY),
     ]
@@ -212,7 +202,7 @@ def test_model_connection_reset_mid_answer(server: RilletServer, model_proxy: Pr
         if len(seen.events) == 5:  # the model's next bytes meet a reset
             model_proxy.add("reset_peer", name="reset", timeout=0)
 
-    seen = ask(server, "a question the model resets", on_event=reset)
+    seen = ask(server.url, "a question the model resets", on_event=reset)
     model_proxy.remove("reset")
     assert seen.cut is None
     name, data = seen.last
@@ -233,7 +223,7 @@ def test_model_stalls_mid_answer(server: RilletServer, model_proxy: Proxy) -> No
             stalled_at.append(time.monotonic())
 
     seen = ask(
-        server, "a question the model stalls on", on_event=stall, timeout=2 * TIMEOUT_SECONDS
+        server.url, "a question the model stalls on", on_event=stall, timeout=2 * TIMEOUT_SECONDS
     )
     ended_after = time.monotonic() - stalled_at[0]
     model_proxy.remove("stall")

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,9 +23,10 @@ import redis
 from rillet_runtime.fakellm import answer_tokens
 from tests.support.faults import (
     Seen,
+    ask,
     read_thread,
+    stored_turns,
     stream,
-    turns,
     worker_pids,
     worker_serving,
 )
@@ -84,18 +86,7 @@ def clean_faults(
     toxiproxy.reset()
     if aof_redis.proc is None:
         aof_redis.start()
-    wait_for("the service to save turns again", lambda: ask(server, "are you back?").saved)
-
-
-def ask(
-    server: RilletServer,
-    message: str,
-    thread_id: str | None = None,
-    on_event: Callable[[Seen], bool | None] | None = None,
-    **fields: str,
-) -> Seen:
-    body = {"message": message, **({"thread_id": thread_id} if thread_id else {}), **fields}
-    return stream(server.url, body, on_event=on_event)
+    wait_for("the service to save turns again", lambda: ask(server.url, "are you back?").saved)
 
 
 def at_event(n: int, fault: Callable[[], object]) -> Callable[[Seen], None]:
@@ -110,15 +101,6 @@ def at_event(n: int, fault: Callable[[], object]) -> Callable[[Seen], None]:
 
 def ready(server: RilletServer) -> int:
     return httpx.get(f"{server.url}/readyz", timeout=10).status_code
-
-
-def stored_turns(server: RilletServer, thread_id: str) -> list[tuple[str, str]]:
-    """The thread's whole turns; none when it was never saved."""
-    response = read_thread(server.url, thread_id)
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    return turns(response.json()["messages"])
 
 
 def assert_finished_unsaved_or_failed(seen: Seen) -> None:
@@ -138,12 +120,18 @@ def assert_finished_unsaved_or_failed(seen: Seen) -> None:
 def test_redis_killed_mid_stream_keeps_every_acknowledged_turn(
     server: RilletServer, aof_redis: RedisServer
 ) -> None:
+    """SIGKILL to Redis (AOF, fsync every second) mid-stream, then a restart from its AOF:
+    every turn acknowledged `state_saved: true` before is there, the turn in flight is not
+    (its stream said so), no worker died, readiness never depended on Redis."""
     workers = worker_pids(server.proc.pid)
-    acknowledged = [ask(server, f"question {i}", "aof-kept") for i in range(3)]
+    acknowledged = [ask(server.url, f"question {i}", "aof-kept") for i in range(3)]
     assert all(seen.saved for seen in acknowledged)
 
     in_flight = ask(
-        server, "a question Redis dies under", "aof-in-flight", on_event=at_event(5, aof_redis.kill)
+        server.url,
+        "a question Redis dies under",
+        "aof-in-flight",
+        on_event=at_event(5, aof_redis.kill),
     )
     assert aof_redis.proc is None  # it was killed mid-stream
     assert_finished_unsaved_or_failed(in_flight)
@@ -151,10 +139,10 @@ def test_redis_killed_mid_stream_keeps_every_acknowledged_turn(
 
     aof_redis.start()  # the same port, the same directory: it loads its AOF
     wait_for("the thread read back", lambda: read_thread(server.url, "aof-kept").status_code == 200)
-    assert stored_turns(server, "aof-kept") == [(f"question {i}", ANSWER) for i in range(3)]
-    assert stored_turns(server, "aof-in-flight") in ([], [("a question Redis dies under", ANSWER)])
-    assert ask(server, "question 3", "aof-kept").saved
-    assert len(stored_turns(server, "aof-kept")) == 4
+    assert stored_turns(server.url, "aof-kept") == [(f"question {i}", ANSWER) for i in range(3)]
+    assert stored_turns(server.url, "aof-in-flight") == []  # never acknowledged, not half kept
+    assert ask(server.url, "question 3", "aof-kept").saved
+    assert len(stored_turns(server.url, "aof-kept")) == 4
     assert worker_pids(server.proc.pid) == workers
     assert ready(server) == 200
 
@@ -164,16 +152,16 @@ def test_slow_and_narrow_redis_still_streams_whole_answers(
 ) -> None:
     """200 ms on every reply, then 64 KB/s each way: slower turns, nothing lost."""
     with redis_proxy.toxic("latency", latency=200):
-        slow = ask(server, "question under latency", "slow-redis")
+        slow = ask(server.url, "question under latency", "slow-redis")
     with (
         redis_proxy.toxic("bandwidth", stream="upstream", rate=64),
         redis_proxy.toxic("bandwidth", stream="downstream", rate=64),
     ):
-        narrow = ask(server, "question under a bandwidth cap", "slow-redis")
+        narrow = ask(server.url, "question under a bandwidth cap", "slow-redis")
     for seen in (slow, narrow):
         assert seen.saved, seen.events[-1]
         assert seen.text == ANSWER
-    assert stored_turns(server, "slow-redis") == [
+    assert stored_turns(server.url, "slow-redis") == [
         ("question under latency", ANSWER),
         ("question under a bandwidth cap", ANSWER),
     ]
@@ -183,22 +171,24 @@ def test_connections_reset_mid_run(server: RilletServer, redis_proxy: Proxy) -> 
     """Every connection to Redis reset for a second while a run streams: the answer is
     whole, and what its `done` says about the turn is what the thread holds."""
     workers = worker_pids(server.proc.pid)
-    assert ask(server, "first question", "reset-thread").saved
+    assert ask(server.url, "first question", "reset-thread").saved
 
     def reset_for_a_second() -> None:
         with redis_proxy.toxic("reset_peer", stream="upstream", timeout=0):
             time.sleep(1)
 
-    seen = ask(server, "second question", "reset-thread", on_event=at_event(5, reset_for_a_second))
+    seen = ask(
+        server.url, "second question", "reset-thread", on_event=at_event(5, reset_for_a_second)
+    )
     assert seen.cut is None
     assert seen.text == ANSWER
     assert seen.last[0] == "done"
     expected = [("first question", ANSWER)]
     if seen.saved:
         expected.append(("second question", ANSWER))
-    assert stored_turns(server, "reset-thread") == expected
-    assert ask(server, "third question", "reset-thread").saved
-    assert stored_turns(server, "reset-thread")[-1] == ("third question", ANSWER)
+    assert stored_turns(server.url, "reset-thread") == expected
+    assert ask(server.url, "third question", "reset-thread").saved
+    assert stored_turns(server.url, "reset-thread")[-1] == ("third question", ANSWER)
     assert worker_pids(server.proc.pid) == workers
 
 
@@ -209,7 +199,7 @@ def test_redis_unreachable_for_30_seconds_then_back(
     in flight finishes unsaved, new runs are refused at admission with a retryable 503
     `state_unavailable`, /readyz stays 200. After: full recovery, the same workers."""
     workers = worker_pids(server.proc.pid)
-    assert ask(server, "before the outage", "outage-thread").saved
+    assert ask(server.url, "before the outage", "outage-thread").saved
     went_down: list[float] = []
 
     def cut_off() -> None:
@@ -237,7 +227,9 @@ def test_redis_unreachable_for_30_seconds_then_back(
 
     refusals: list[httpx.Response] = []
     try:
-        in_flight = ask(server, "during the outage", "outage-thread", on_event=follow_then_cut_off)
+        in_flight = ask(
+            server.url, "during the outage", "outage-thread", on_event=follow_then_cut_off
+        )
         while time.monotonic() - went_down[0] < OUTAGE_SECONDS:
             for path in ("/v1/chat/stream", "/v1/chat"):
                 body = {"message": "anyone there?", "thread_id": "another-thread"}
@@ -260,8 +252,10 @@ def test_redis_unreachable_for_30_seconds_then_back(
     assert followed.last[1]["code"] == "state_unavailable"
     assert followed.last_id == followed.events[-2][0]  # resuming from it misses nothing
 
-    wait_for("a saved turn after the outage", lambda: ask(server, "after", "outage-thread").saved)
-    assert stored_turns(server, "outage-thread") == [
+    wait_for(
+        "a saved turn after the outage", lambda: ask(server.url, "after", "outage-thread").saved
+    )
+    assert stored_turns(server.url, "outage-thread") == [
         ("before the outage", ANSWER),
         ("after", ANSWER),
     ]
@@ -283,10 +277,10 @@ def test_a_worker_killed_mid_stream(server: RilletServer, aof_redis: RedisServer
             killed_at.append(time.monotonic())
 
     question = "a question its worker dies under"
-    first = ask(server, question, "killed-worker", on_event=kill_its_worker)
+    first = ask(server.url, question, "killed-worker", on_event=kill_its_worker)
     assert killed
     assert first.last[0] not in ("done", "error"), first.names
-    logged = redis.Redis(port=aof_redis.port).xrange(f"rillet:run:{{{first.run_id}}}:events")
+    logged: Any = redis.Redis(port=aof_redis.port).xrange(f"rillet:run:{{{first.run_id}}}:events")
     logged_ids = [int(entry_id.split(b"-")[0]) for entry_id, _ in logged]
 
     rest = stream(
@@ -311,7 +305,7 @@ def test_a_worker_killed_mid_stream(server: RilletServer, aof_redis: RedisServer
 
     after = wait_for("gunicorn to replace the killed worker", replaced)
     assert workers - set(killed) <= after  # the other worker lived on
-    assert stored_turns(server, "killed-worker") == []
+    assert stored_turns(server.url, "killed-worker") == []
     # The dead run's lease on the thread lapses within LEASE_MS: a retry that waits for it.
-    assert ask(server, question, "killed-worker", multitask_strategy="enqueue").saved
-    assert stored_turns(server, "killed-worker") == [(question, ANSWER)]
+    assert ask(server.url, question, "killed-worker", multitask_strategy="enqueue").saved
+    assert stored_turns(server.url, "killed-worker") == [(question, ANSWER)]

@@ -108,8 +108,31 @@ def worker_serving(master_pid: int, client_port: int) -> int:
     raise AssertionError(f"no worker of {master_pid} holds a connection from :{client_port}")
 
 
+def ask(
+    url: str,
+    message: str,
+    thread_id: str | None = None,
+    *,
+    on_event: Callable[[Seen], bool | None] | None = None,
+    timeout: float = 60,
+    **fields: str,
+) -> Seen:
+    """One message to `POST /v1/chat/stream`, recorded; `fields` go in the body as they are."""
+    body = {"message": message, **({"thread_id": thread_id} if thread_id else {}), **fields}
+    return stream(url, body, on_event=on_event, timeout=timeout)
+
+
 def read_thread(url: str, thread_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.get(f"{url}/v1/threads/{thread_id}", headers=headers, timeout=30)
+
+
+def stored_turns(url: str, thread_id: str) -> list[tuple[str, str]]:
+    """The thread's turns as read back; none when it was never saved."""
+    response = read_thread(url, thread_id)
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    return turns(response.json()["messages"])
 
 
 def turns(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
