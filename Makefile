@@ -123,7 +123,8 @@ $(LOWEST_VENV)/.installed: $(VENV)/.installed
 test-lower-bounds: $(LOWEST_VENV)/.installed redis-server ## unit and runtime integration tests on every dependency's declared lower bound
 	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider tests/unit \
 	  tests/integration/test_serve_default.py tests/integration/test_redis_runtime.py \
-	  tests/integration/test_redis_checkpointer.py tests/integration/test_providers.py \
+	  tests/integration/test_redis_checkpointer.py tests/integration/test_redis_runs.py \
+	  tests/integration/test_providers.py \
 	  tests/integration/test_drain.py tests/integration/test_operator_contract.py \
 	  tests/integration/test_security.py tests/integration/test_redis_sentinel.py \
 	  --deselect tests/unit/test_operator_builders.py::test_generated_files_match_the_spec_model
