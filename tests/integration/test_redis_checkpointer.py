@@ -36,7 +36,7 @@ from rillet_runtime.graph.rag import build_rag_graph
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings, StateSettings
 from rillet_runtime.state import serializer
-from rillet_runtime.state.checkpoint import CheckpointCorrupt, RedisCheckpointSaver
+from rillet_runtime.state.checkpoint import CheckpointCorrupt, RedisCheckpointSaver, ThreadKeys
 from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import RedisServer
 from tests.support.redis_cluster import StateRedis
@@ -288,6 +288,26 @@ async def test_delete_copy_prune_and_delete_for_runs(saver: RedisCheckpointSaver
     remaining = [t async for t in saver.alist(source)]
     assert all(t.metadata.get("run_id") != newest_run for t in remaining)
     assert len(remaining) < len(tuples)
+
+
+@API
+async def test_listing_every_thread_finds_each_wherever_its_slot_is(
+    api: str, saver: RedisCheckpointSaver
+) -> None:
+    """`list(None)`: on a cluster a SCAN of every primary, not of the node it asks first."""
+    threads = [f"everywhere-{api}-{i}" for i in range(12)]
+    thirds = {key_slot(ThreadKeys(t).ns_set.encode()) * 3 // 16384 for t in threads}
+    assert thirds == {0, 1, 2}  # a slot in each master's share of a 3-master cluster
+    graph = echo_graph(saver)
+    for thread in threads:
+        config = {"configurable": {"thread_id": thread}}
+        await graph.ainvoke({"messages": [HumanMessage(content="hi")]}, config)
+    if api == "sync":
+        listed = await asyncio.to_thread(lambda: list(saver.list(None)))
+    else:
+        listed = [t async for t in saver.alist(None)]
+    assert {t.config["configurable"]["thread_id"] for t in listed} == set(threads)
+    assert len(listed) == 3 * len(threads)  # each: its input, before and after its node
 
 
 async def test_every_key_of_a_thread_is_in_one_cluster_slot(
