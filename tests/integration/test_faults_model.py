@@ -202,8 +202,9 @@ def test_model_connection_reset_mid_answer(server: RilletServer, model_proxy: Pr
         if len(seen.events) == 5:  # the model's next bytes meet a reset
             model_proxy.add("reset_peer", name="reset", timeout=0)
 
-    seen = ask(server.url, "a question the model resets", on_event=reset)
+    seen = ask(server.url, "a question the model resets", "reset-model", on_event=reset)
     model_proxy.remove("reset")
+    assert stored_turns(server.url, "reset-model") == []
     assert seen.cut is None
     name, data = seen.last
     assert (name, data["code"], data["retryable"]) == ("error", "provider_unavailable", True)
@@ -214,7 +215,7 @@ def test_model_connection_reset_mid_answer(server: RilletServer, model_proxy: Pr
 
 def test_model_stalls_mid_answer(server: RilletServer, model_proxy: Proxy) -> None:
     """No byte from the model for longer than model.timeout_seconds: the stream ends with
-    `provider_timeout` (here within a deadline of twice the timeout), not a hung client."""
+    `provider_timeout` (here within a deadline of three times the timeout), not a hung client."""
     stalled_at: list[float] = []
 
     def stall(seen: Seen) -> None:
@@ -223,7 +224,11 @@ def test_model_stalls_mid_answer(server: RilletServer, model_proxy: Proxy) -> No
             stalled_at.append(time.monotonic())
 
     seen = ask(
-        server.url, "a question the model stalls on", on_event=stall, timeout=2 * TIMEOUT_SECONDS
+        server.url,
+        "a question the model stalls on",
+        "stalled-model",
+        on_event=stall,
+        timeout=3 * TIMEOUT_SECONDS,
     )
     ended_after = time.monotonic() - stalled_at[0]
     model_proxy.remove("stall")
@@ -232,3 +237,4 @@ def test_model_stalls_mid_answer(server: RilletServer, model_proxy: Proxy) -> No
     assert PRIMARY.startswith(seen.text)
     name, data = seen.last
     assert (name, data["code"], data["retryable"]) == ("error", "provider_timeout", True)
+    assert stored_turns(server.url, "stalled-model") == []
