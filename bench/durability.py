@@ -16,8 +16,16 @@
    `--streams` streams alternate between them: history loads and admission wait on Redis
    before the first token, so TTFT grows; checkpoint saves happen after the last token,
    so inter-token latency must not.
+4. Retention: `--turns` turns of a conversation on one redis-server, two threads side by
+   side, turn by turn: one saver keeping every checkpoint, one keeping the newest
+   `--keep-checkpoints` (the runtime's default); each turn written as the native API
+   writes it (one checkpoint when the run ends), with the run's id. The thread's size is
+   `MEMORY USAGE` summed over its keys (Redis's own overhead in), beside the bytes the
+   saver counts; for the built-in chat graph and for a full history kept with
+   `add_messages`.
 
     python -m bench.durability --out bench-results [--steps 1000 --threads 10000 --rounds 4]
+    python -m bench.durability --parts retention --out bench-results [--turns 200]
 """
 
 from __future__ import annotations
@@ -35,16 +43,21 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 
 from bench.auth import _env, summarize
 from bench.auth import run as alternate_waves
-from bench.checkpoint import Prose, conversation, percentiles_ms
+from bench.checkpoint import Prose, conversation, history_graph, percentiles_ms, thread_bytes
 from bench.streaming import Server, started
 from rillet_runtime import loadgen
+from rillet_runtime.graph import graph_deps
+from rillet_runtime.graph.rag import build_rag_graph
+from rillet_runtime.retrieval import open_retriever
+from rillet_runtime.settings import Settings
 from rillet_runtime.state import RedisCheckpointSaver
 from tests.support.processes import RedisServer, free_port
 from tests.support.toxiproxy import toxiproxy_server
@@ -55,6 +68,7 @@ PERSISTENCE = {
     "aof always": ("--appendonly", "yes", "--appendfsync", "always"),
 }
 MESSAGES = 20
+PARTS = ("writes", "recovery", "token-path", "retention")
 
 
 async def put(
@@ -218,20 +232,114 @@ def slow_redis(workdir: Path, latency_ms: int, streams: int, rounds: int) -> dic
             "summary": summarize(waves, baseline="no toxic")}  # fmt: skip
 
 
+async def stored_bytes(workdir: Path, prose: Prose, turns: int, keep: int) -> dict[str, Any]:
+    """Section 4: a thread's size after each turn, every checkpoint kept against the newest
+    `keep`, two threads on one redis-server fed turn by turn."""
+    server = RedisServer(workdir / "retention")
+    server.start()
+    settings = Settings()
+    curves: dict[str, dict[str, list[int]]] = {}
+    try:
+        async with (
+            httpx.AsyncClient() as http,
+            open_retriever(settings) as retriever,
+            RedisCheckpointSaver.connect(server.url, ttl_seconds=None) as keep_all,
+            RedisCheckpointSaver.connect(
+                server.url, ttl_seconds=None, keep_checkpoints=keep
+            ) as keep_newest,
+        ):
+            deps = graph_deps(settings, http, retriever)
+            savers = {"every checkpoint": keep_all, f"newest {keep}": keep_newest}
+            for shape in ("built-in chat graph (window)", "add_messages, full history"):
+                graphs = {
+                    kept: (
+                        build_rag_graph(deps, saver)
+                        if shape.startswith("built-in")
+                        else history_graph(saver, prose.answer, delta=False)
+                    )
+                    for kept, saver in savers.items()
+                }
+                measured: dict[str, list[int]] = {
+                    f"{kept}, {of}": [] for kept in savers for of in ("memory usage", "counted")
+                }
+                for turn in range(turns):
+                    question = HumanMessage(prose.question(turn), id=f"q{turn}")
+                    for kept, graph in graphs.items():
+                        thread = f"{shape}, {kept}"
+                        config: RunnableConfig = {
+                            "configurable": {"thread_id": thread, "run_id": f"run-{turn}"}
+                        }
+                        await graph.ainvoke({"messages": [question]}, config, durability="exit")
+                        saver = savers[kept]
+                        measured[f"{kept}, memory usage"].append(await thread_bytes(saver, thread))
+                        measured[f"{kept}, counted"].append(await saver.athread_bytes(thread))
+                curves[shape] = measured
+    finally:
+        server.kill()
+    return {"turns": turns, "keep_checkpoints": keep, "curves": curves}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     prose = Prose()
+    parts = set(args.parts)
+    result: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "redis_py": redis.__version__,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        return {
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-            "redis_py": redis.__version__,
-            "write_latency": asyncio.run(write_latency(workdir, prose, args.steps)),
-            "recovery": recovery(workdir, prose, args.threads),
-            "token_path": slow_redis(workdir, args.redis_latency_ms, args.streams, args.rounds),
-        }
+        if "writes" in parts:
+            result["write_latency"] = asyncio.run(write_latency(workdir, prose, args.steps))
+        if "recovery" in parts:
+            result["recovery"] = recovery(workdir, prose, args.threads)
+        if "token-path" in parts:
+            result["token_path"] = slow_redis(
+                workdir, args.redis_latency_ms, args.streams, args.rounds
+            )
+        if "retention" in parts:
+            result["retention"] = asyncio.run(
+                stored_bytes(workdir, prose, args.turns, args.keep_checkpoints)
+            )
+    return result
 
 
 def summary(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+    if "write_latency" in result:
+        lines += _write_latency_summary(result)
+    if "recovery" in result:
+        lines += _recovery_summary(result)
+    if "token_path" in result:
+        lines += _token_path_summary(result)
+    if "retention" in result:
+        lines += _retention_summary(result["retention"])
+    return "\n".join(lines).strip()
+
+
+def _retention_summary(retention: dict[str, Any]) -> list[str]:
+    turns = retention["turns"]
+    marks = sorted({m for m in (50, turns // 2, turns) if m <= turns})
+    lines = [
+        "",
+        f"Stored bytes per thread (MEMORY USAGE of its keys; the saver's count in brackets),"
+        f" {turns} turns, side by side:",
+        "",
+        "| state shape | checkpoints kept | "
+        + " | ".join(f"after {m} turns" for m in marks)
+        + " |",
+        "|---|---|" + "---:|" * len(marks),
+    ]
+    for shape, measured in retention["curves"].items():
+        for name in dict.fromkeys(key.rsplit(", ", 1)[0] for key in measured):
+            usage, counted = measured[f"{name}, memory usage"], measured[f"{name}, counted"]
+            cells = " | ".join(
+                f"{usage[m - 1] / 1024:,.0f} KiB ({counted[m - 1] / 1024:,.0f} KiB)" for m in marks
+            )
+            lines.append(f"| {shape} | {name} | {cells} |")
+    return lines
+
+
+def _write_latency_summary(result: dict[str, Any]) -> list[str]:
     lines = [
         f"Checkpoint write (`aput`, {MESSAGES} messages), side by side:",
         "",
@@ -243,7 +351,11 @@ def summary(result: dict[str, Any]) -> str:
             f"| {row['persistence']} | {row['p50']:.3f} ms | {row['p99']:.3f} ms"
             f" | {row['ratio_p50']:.2f}x | {row['ratio_p99']:.2f}x |"
         )
-    lines += [
+    return lines
+
+
+def _recovery_summary(result: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "Recovery after SIGKILL (AOF everysec):",
         "",
@@ -255,8 +367,12 @@ def summary(result: dict[str, Any]) -> str:
             f"| {row['threads']:,} | {row['used_memory_mib']:.0f} MiB | {row['aof']}"
             f" | {row['aof_mib']:.0f} MiB | {row['seconds_to_ready']:.2f} s |"
         )
+    return lines
+
+
+def _token_path_summary(result: dict[str, Any]) -> list[str]:
     path = result["token_path"]
-    lines += [
+    lines = [
         "",
         f"Redis {path['latency_ms']} ms away through Toxiproxy, {path['streams']}-stream waves,"
         f" medians of {path['rounds']} rounds:",
@@ -270,7 +386,7 @@ def summary(result: dict[str, Any]) -> str:
             f" | {row['ttft_p99_ms']:.0f} ms | {row['inter_token_p99_ms']:.1f} ms"
             f" | {row['cpu_seconds_per_1000_tokens']:.3f} s |"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -283,6 +399,17 @@ def main() -> None:
     parser.add_argument("--redis-latency-ms", type=int, default=200)
     parser.add_argument("--streams", type=int, default=20, help="streams per wave")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=200, help="turns per thread (retention)")
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=10, help="what the retained thread keeps"
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="which sections to run (all by default)",
+    )
     args = parser.parse_args()
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

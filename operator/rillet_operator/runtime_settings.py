@@ -282,8 +282,12 @@ def api_keys_secret(name: str, spec: ChatServiceSpec) -> str | None:
 
 def _state(spec: ChatServiceSpec) -> StateSettings:
     redis = spec.redis
+    bounds = {
+        "keep_checkpoints": spec.state.keep_checkpoints,
+        "max_thread_bytes": spec.state.max_thread_bytes,
+    }
     if redis is None:
-        return StateSettings(checkpointer="memory")
+        return StateSettings(checkpointer="memory", **bounds)
     external = redis.external
     sentinel = external.sentinel if external else None
     return StateSettings(
@@ -293,6 +297,7 @@ def _state(spec: ChatServiceSpec) -> StateSettings:
         redis_sentinel=_sentinel(sentinel) if sentinel else None,
         checkpoint_ttl_seconds=redis.checkpoint_ttl_seconds,
         compress_min_bytes=redis.compress_min_bytes,
+        **bounds,
     )
 
 

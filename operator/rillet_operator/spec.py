@@ -292,6 +292,25 @@ class RedisSpec(Model):
     compress_min_bytes: int = Field(1024, ge=0)
 
 
+class StateSpec(Model):
+    """How much of each thread is kept, whichever store holds it (Redis or, without
+    spec.redis, each worker's memory)."""
+
+    keep_checkpoints: int = Field(
+        10,
+        ge=0,
+        le=100_000,
+        description="checkpoints kept per thread (and subgraph), the newest: time travel "
+        "reaches these; older ones go as new ones are written; 0 keeps all",
+    )
+    max_thread_bytes: int = Field(
+        16 * 2**20,
+        ge=0,
+        description="bytes a thread may hold; a turn that would grow it past this is not "
+        "saved (thread_too_large), and a thread over it takes no new turn (413); 0: no cap",
+    )
+
+
 class HnswSpec(Model):
     m: int = Field(16, ge=4, le=128, description="links per vector; used by `rillet ingest`")
     ef_construction: int = Field(
@@ -661,6 +680,9 @@ class ChatServiceSpec(Model):
     server: ServerSpec = Field(default_factory=ServerSpec)
     redis: RedisSpec | None = Field(
         None, description="unset: in-memory state in each worker (a demo, not for production)"
+    )
+    state: StateSpec = Field(
+        default_factory=StateSpec, description="bounds on each thread: retention and size"
     )
     vector_index: VectorIndexSpec = Field(default_factory=VectorIndexSpec)
     embeddings: EmbeddingsSpec = Field(default_factory=EmbeddingsSpec)

@@ -20,16 +20,18 @@ from rillet_runtime.admission import Admission
 from rillet_runtime.api import chat, docs, langgraph, openai_compat, ops, runs
 from rillet_runtime.api.errors import (
     BodyLimitMiddleware,
+    checkpoint_pruned_handler,
     http_exception_handler,
     state_corrupt_handler,
     state_full_handler,
     state_unavailable_handler,
+    thread_too_large_handler,
     unhandled_exception_handler,
     validation_exception_handler,
 )
 from rillet_runtime.app_state import LifespanState, Runtime
 from rillet_runtime.auth import open_authenticator
-from rillet_runtime.events import CheckpointCorrupt
+from rillet_runtime.events import CheckpointCorrupt, CheckpointPruned, ThreadTooLarge
 from rillet_runtime.graph import graph_deps, load_graph
 from rillet_runtime.metrics import STREAM_CAPACITY
 from rillet_runtime.retrieval import open_retriever
@@ -76,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
                 runs=state.runs,
                 run_log=state.run_log,
                 threads=state.threads,
+                response_cache=state.response_cache,
             )
             # Everything built so far (imported libraries, models, the corpus) lives as
             # long as the worker: out of the collector's sight, a full collection no
@@ -100,6 +103,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(CheckpointCorrupt, state_corrupt_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(CheckpointPruned, checkpoint_pruned_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ThreadTooLarge, thread_too_large_handler)  # type: ignore[arg-type]
     app.add_exception_handler(redis.ResponseError, state_full_handler)  # type: ignore[arg-type]
     for unreachable in (redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(unreachable, state_unavailable_handler)  # type: ignore[arg-type]

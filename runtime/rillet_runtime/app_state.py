@@ -11,6 +11,7 @@ from langgraph.pregel import Pregel
 from rillet_runtime.admission import Admission
 from rillet_runtime.auth import Authenticator
 from rillet_runtime.settings import Settings
+from rillet_runtime.state.caches import ResponseCache
 from rillet_runtime.state.limits import Limiter
 from rillet_runtime.state.run_log import RunLog
 from rillet_runtime.state.runs import RunRegistry
@@ -30,6 +31,7 @@ class Runtime:
     runs: RunRegistry
     run_log: RunLog  # on Redis (shared by every worker) or in the worker
     threads: ThreadStore
+    response_cache: ResponseCache | None = None  # what a thread's delete clears of it
 
     @property
     def resumable(self) -> bool:

@@ -121,3 +121,33 @@ class CheckpointCorrupt(Exception):
         self.part = part  # "the checkpoint", "its metadata", "channel 'messages'", ...
         self.reason = reason
         self.channel = channel  # the channel whose value it is, when it is one
+
+
+class ThreadTooLarge(Exception):
+    """A checkpoint (or a pending write) that would grow its thread past the byte cap: not
+    written, and the run's earlier checkpoints were taken back with it, so the thread is
+    as it was before the run (`state.max_thread_bytes`)."""
+
+    def __init__(self, thread_id: str, would_hold: int, limit: int) -> None:
+        super().__init__(
+            f"thread {thread_id!r} would hold {would_hold} bytes, over its cap of {limit}"
+        )
+        self.thread_id = thread_id
+        self.would_hold = would_hold
+        self.limit = limit
+
+
+class CheckpointPruned(LookupError):
+    """A checkpoint asked for by id that retention dropped (`state.keep_checkpoints` keeps
+    the newest): raised rather than read as no checkpoint, which would start the thread
+    over from empty state."""
+
+    def __init__(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> None:
+        namespace = f" (namespace {checkpoint_ns!r})" if checkpoint_ns else ""
+        super().__init__(
+            f"thread {thread_id!r}, checkpoint {checkpoint_id}{namespace}: no longer kept "
+            "(only the newest checkpoints of a thread are)"
+        )
+        self.thread_id = thread_id
+        self.checkpoint_ns = checkpoint_ns
+        self.checkpoint_id = checkpoint_id

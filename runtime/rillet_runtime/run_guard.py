@@ -116,14 +116,36 @@ async def _claim(
     if strategy in ("interrupt", "rollback") and (holder := await registry.holder(thread_key)):
         await registry.request_cancel(holder)
         guard.interrupted = holder
-    deadline, pause = time.monotonic() + wait_seconds, 0.05
-    while not await registry.claim(thread_key, guard.stream_id, guard.principal_key):
-        if time.monotonic() >= deadline:
-            raise ThreadBusy()
+
+    async def unless_gone() -> None:
         if guard.cancel.is_set() or await client_gone():
             raise ClientGone()
+
+    claimed = await claim_when_free(
+        registry, thread_key, guard.stream_id, guard.principal_key, wait_seconds, unless_gone
+    )
+    if not claimed:
+        raise ThreadBusy()
+
+
+async def claim_when_free(
+    registry: RunRegistry,
+    thread_key: str,
+    holder: str,
+    principal_key: str,
+    wait_seconds: float,
+    before_retry: Callable[[], Awaitable[None]],
+) -> bool:
+    """Claim the thread, retrying with a growing pause for up to `wait_seconds`; False if
+    it stayed taken. `before_retry` runs before each retry (it may raise to give up)."""
+    deadline, pause = time.monotonic() + wait_seconds, 0.05
+    while not await registry.claim(thread_key, holder, principal_key):
+        if time.monotonic() >= deadline:
+            return False
+        await before_retry()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.5)
+    return True
 
 
 async def guarded(events: AsyncGenerator[RunEvent], guard: RunGuard) -> AsyncGenerator[RunEvent]:

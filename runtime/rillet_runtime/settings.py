@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -228,7 +229,14 @@ class StreamingSettings(_Section):
     resumable: bool = Field(
         True, description="log events to Redis so clients can resume (needs the Redis state)"
     )
-    resume_ttl_seconds: float = Field(600, gt=0, description="how long a run's log is kept")
+    run_log_ttl_seconds: float = Field(
+        300,
+        gt=0,
+        # The old name, still read: a settings file written for it keeps working.
+        validation_alias=AliasChoices("run_log_ttl_seconds", "resume_ttl_seconds"),
+        description="a run's event log is kept this long after its last event (a live run's "
+        "beat keeps it, however quiet the run)",
+    )
     resume_max_events: int = Field(10_000, ge=100, description="cap on a run's logged events")
     resume_grace_seconds: float = Field(
         10, ge=0, description="a resumable run outlives its client this long, awaiting a resume"
@@ -454,6 +462,19 @@ class StateSettings(_Section):
         10_000,
         ge=1,
         description="threads the in-memory state keeps per worker; the least recently used go",
+    )
+    keep_checkpoints: int = Field(
+        10,
+        ge=0,
+        description="checkpoints kept per thread and namespace, the newest (time travel "
+        "reaches these); older ones go in the write that makes them old; 0: keep all",
+    )
+    max_thread_bytes: int = Field(
+        16 * 2**20,
+        ge=0,
+        description="the most a thread may hold (its stored checkpoints, values and pending "
+        "writes); a run that would grow it past this is not saved (thread_too_large); 0: "
+        "no cap",
     )
     history_window: int = Field(20, ge=2, description="messages kept in thread state")
     serde_allowed_types: list[Annotated[str, StringConstraints(pattern=r"^\w+(\.\w+)+$")]] = Field(

@@ -17,14 +17,17 @@ import httpx
 import jwt
 import openai
 import pytest
+import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
 from httpx_sse import connect_sse
 
 from rillet_runtime.app import create_app
+from rillet_runtime.auth import Principal
 from rillet_runtime.fakellm import answer_tokens
 from rillet_runtime.settings import Settings
+from rillet_runtime.state.runs import lease_key
 from tests.support.keys import api_key_settings, write_api_keys
-from tests.support.processes import RedisServer, free_port
+from tests.support.processes import RedisServer, free_port, wait_for
 from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
 TOKENS = 60  # 40 ms apart: a 2.4 s answer, long enough to overlap streams
@@ -292,22 +295,31 @@ def test_cancelling_your_run_stops_it(server: Process, fake: FakeLLM) -> None:
     assert len(text_of(events)) < len(EXPECTED)
 
 
-def test_deleting_a_thread_while_it_runs_is_refused(server: Process) -> None:
-    """A run saving after the delete would leave a thread that reads back corrupt."""
+def test_deleting_a_thread_while_it_runs_cancels_the_run_first(
+    server: Process, redis_server: RedisServer
+) -> None:
+    """The run is stopped (from whichever worker the delete lands on) and has let go of the
+    thread before anything is removed, so it cannot save over the deleted thread; nothing
+    of the thread is left in Redis."""
+    url, thread = f"{server.url}/v1/threads/busy-delete", "busy-delete"
+    first = {"message": "hello", "thread_id": thread}
+    saved = httpx.post(f"{server.url}/v1/chat", json=first, headers=bearer("bob"), timeout=60)
+    assert saved.status_code == 200
+    thread_key = f"{Principal('bob').key}/{thread}"
+    store = redis.Redis.from_url(redis_server.url)
     with ThreadPoolExecutor(1) as pool:
-        body = {"message": "long", "thread_id": "busy-delete"}
+        body = {"message": "long", "thread_id": thread}
         running = pool.submit(
             httpx.post, f"{server.url}/v1/chat", json=body, headers=bearer("bob"), timeout=60
         )
-        time.sleep(0.5)  # the run holds the thread (its answer takes 2.4 s)
-        busy = httpx.delete(
-            f"{server.url}/v1/threads/busy-delete", headers=bearer("bob"), timeout=10
-        )
-        assert running.result().status_code == 200
-    assert busy.status_code == 409
-    assert busy.json()["error"]["code"] == "thread_busy"
-    done = httpx.delete(f"{server.url}/v1/threads/busy-delete", headers=bearer("bob"), timeout=10)
-    assert done.status_code == 204
+        wait_for("the run to hold the thread", lambda: store.exists(lease_key(thread_key)), 30)
+        deleted = httpx.delete(url, headers=bearer("bob"), timeout=30)
+        cancelled = running.result()
+    assert deleted.status_code == 204
+    assert cancelled.status_code == 409
+    assert cancelled.json()["error"]["code"] == "run_cancelled"
+    assert httpx.get(url, headers=bearer("bob"), timeout=10).status_code == 404
+    assert list(store.scan_iter(match=f"*{{{thread_key}}}*")) == []
 
 
 def test_a_client_that_leaves_early_still_pays_for_what_streamed(

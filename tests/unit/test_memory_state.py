@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from rillet_runtime.settings import StateSettings
 from rillet_runtime.state import TimedMemorySaver, serializer
+from rillet_runtime.state.memory_saver import retained
 from rillet_runtime.state.threads import MemoryThreadStore, ThreadRecord
 
 
@@ -61,3 +62,18 @@ async def test_thread_records_are_bounded_too() -> None:
     for thread_id in ("a", "b", "c"):
         await store.put_thread("p", ThreadRecord(thread_id))
     assert [t.thread_id for t in await store.threads("p")] == ["c", "b"]
+
+
+def test_retention_keeps_the_newest_and_where_the_run_in_progress_started() -> None:
+    """The policy both savers apply (memory_saver.retained, the Redis script `retention`)."""
+    newest_first = ["c6", "c5", "c4", "c3", "c2", "c1"]  # c6: being written by run r3
+    runs = {"c6": "r3", "c5": "r3", "c4": "r3", "c3": "r2", "c2": "r2", "c1": "r1"}
+    dropped, kept = retained(newest_first, "c6", "r3", runs.__getitem__, 2)
+    assert kept == ["c5", "c3"]  # the newest two (c6 among them), and r3's starting point
+    assert dropped == ["c4", "c2", "c1"]
+    assert retained(newest_first, "c6", "", runs.__getitem__, 2) == (
+        ["c4", "c3", "c2", "c1"],
+        ["c5"],
+    )
+    assert retained(newest_first, "c6", "r3", runs.__getitem__, 0) == ([], [])
+    assert retained(newest_first, "c6", "r3", runs.__getitem__, 6) == ([], [])

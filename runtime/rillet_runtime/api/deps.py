@@ -26,14 +26,17 @@ from rillet_runtime.llm.errors import classify_error
 from rillet_runtime.llm.timing import LLMStageTimer
 from rillet_runtime.metrics import AUTH_FAILURES, LIMITED, REQUESTS, STATE_ERRORS
 from rillet_runtime.run_guard import (
+    RENEW_SECONDS,
     ClientGone,
     MultitaskStrategy,
     OverLimit,
     RunGuard,
     ThreadBusy,
+    claim_when_free,
     guarded,
     take_guard,
 )
+from rillet_runtime.state import thread_bytes
 from rillet_runtime.state.limits import Refusal
 from rillet_runtime.state.threads import scoped
 from rillet_runtime.streaming import Dialect, NativeDialect, RunRequest, run_events
@@ -48,6 +51,8 @@ _STATUS_BY_CODE = {
     "stream_timeout": 504,
     "provider_error": 502,
     "run_cancelled": 409,
+    "thread_too_large": 413,
+    "checkpoint_not_found": 404,
 }
 
 
@@ -77,17 +82,37 @@ def thread_key(principal: Principal, thread_id: str) -> str:
     return scoped(principal.key, thread_id)
 
 
+def take_over_seconds(runtime: Runtime) -> float:
+    """How long a delete waits for the run it cancelled to let go of the thread: the cancel
+    reaches it at once (or on its lease's next beat, within a second or two) and it has
+    `streaming.cancel_timeout_seconds` to unwind."""
+    return runtime.settings.streaming.cancel_timeout_seconds + 3 * RENEW_SECONDS
+
+
 @contextlib.asynccontextmanager
 async def holding_thread(
-    runtime: Runtime, principal: Principal, thread_id: str
+    runtime: Runtime, principal: Principal, thread_id: str, *, take_over: bool = False
 ) -> AsyncIterator[str]:
     """The thread's lease for a change made outside a run (a delete, a state update), so no
-    run saves over it meanwhile: 409 while a run holds it. Yields the thread's key."""
+    run saves over it meanwhile: 409 while a run holds it, or with `take_over`, once that
+    run, cancelled (from any worker), has not let go within `take_over_seconds`. Yields the
+    thread's key."""
     thread, holder = thread_key(principal, thread_id), f"edit-{uuid.uuid4()}"
     busy = ApiError(409, "thread_busy", "the thread has a run in progress", param="thread_id")
+    runs = runtime.runs
+
+    async def cancel_the_holder() -> None:  # any run that took it meanwhile too
+        if (running := await runs.holder(thread)) is not None:
+            await runs.request_cancel(running)
+
     claimed: bool | None
     try:
-        claimed = await runtime.runs.claim(thread, holder, principal.key)
+        claimed = await runs.claim(thread, holder, principal.key)
+        if not claimed and take_over:
+            wait = take_over_seconds(runtime)
+            claimed = await claim_when_free(
+                runs, thread, holder, principal.key, wait, cancel_the_holder
+            )
     except redis.RedisError as exc:
         if not refused_for_memory(exc):
             raise
@@ -108,10 +133,29 @@ async def holding_thread(
 
 
 async def remove_thread(runtime: Runtime, principal: Principal, thread_id: str) -> None:
-    """Its checkpoints and its records (runs, metadata), once no run holds it."""
-    async with holding_thread(runtime, principal, thread_id) as thread:
+    """Everything of the thread: a run in progress on it is cancelled first (from any
+    worker; 409 if it does not let go within a few seconds), then its checkpoints, its
+    thread and run records, the logs of its recent runs and the response cache entries its
+    runs stored go."""
+    running = await runtime.runs.holder(thread_key(principal, thread_id))
+    async with holding_thread(runtime, principal, thread_id, take_over=True) as thread:
+        if running is not None:  # its last events are logged after it lets go of the thread
+            await _until_ended(runtime, running)
         await runtime.checkpointer.adelete_thread(thread)
         await runtime.threads.delete_thread(principal.key, thread_id)
+        await runtime.run_log.forget(await runtime.runs.forget_thread(thread))
+        if runtime.response_cache is not None:
+            await runtime.response_cache.forget_thread(thread)
+
+
+async def _until_ended(runtime: Runtime, run_id: str) -> None:
+    """Until the run's publisher has logged its end (bounded), so forgetting its log is
+    the last word on it."""
+    deadline = time.monotonic() + take_over_seconds(runtime)
+    while time.monotonic() < deadline:
+        if not await runtime.run_log.alive(run_id):
+            return
+        await asyncio.sleep(0.05)
 
 
 def state_refusal(
@@ -297,9 +341,12 @@ async def start_run(
     throwaway_thread: bool = False,
     slot: StreamSlot | None = None,
 ) -> StartedRun:
-    """An admitted run (see `admit`), ready to stream."""
+    """An admitted run (see `admit`), ready to stream; 413 `thread_too_large` before
+    anything is held when its thread is over its size cap already."""
     settings = runtime.settings
     thread = None if throwaway_thread else thread_key(principal, run.thread_id)
+    if thread is not None:
+        await _within_size_cap(runtime, thread, run.endpoint)
     guard = guard_for(runtime, principal, run.run_id, thread, run.usage, run.cancel)
     slot = await admit(runtime, client_gone, guard, run.endpoint, strategy, slot)
     if strategy == "rollback" and guard.interrupted is not None:
@@ -311,6 +358,25 @@ async def start_run(
             raise
     events = run_events(run, settings.streaming, settings.server.max_stream_seconds, slot)
     return StartedRun(guarded(events, guard), slot, guard, request=run)
+
+
+async def _within_size_cap(runtime: Runtime, thread: str, endpoint: str) -> None:
+    cap = runtime.settings.state.max_thread_bytes
+    if not cap:
+        return
+    try:
+        held = await thread_bytes(runtime.checkpointer, thread)
+    except redis.RedisError as exc:
+        raise state_refusal(runtime, exc, endpoint, "admission") from None
+    if held > cap:
+        REQUESTS.labels(endpoint, "rejected_thread_too_large").inc()
+        raise ApiError(
+            413,
+            "thread_too_large",
+            f"the thread holds {held} bytes, over its cap of {cap} (state.max_thread_bytes); "
+            "start a new thread",
+            param="thread_id",
+        )
 
 
 @dataclass

@@ -18,7 +18,12 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rillet_runtime.events import CheckpointCorrupt, refused_for_memory
+from rillet_runtime.events import (
+    CheckpointCorrupt,
+    CheckpointPruned,
+    ThreadTooLarge,
+    refused_for_memory,
+)
 from rillet_runtime.llm.errors import classify_error
 from rillet_runtime.metrics import STATE_ERRORS
 
@@ -69,9 +74,10 @@ class ErrorBody(BaseModel):
 _DESCRIPTIONS = {
     400: "malformed JSON",
     401: "missing or bad credentials (with WWW-Authenticate)",
-    404: "no such thread, run or model for this principal",
+    404: "no such thread, run or model for this principal, or a checkpoint of the thread "
+    "no longer kept (checkpoint_not_found)",
     409: "the thread has a run in progress, or the run was cancelled",
-    413: "the body is too large",
+    413: "the body is too large, or the thread is over its size cap (thread_too_large)",
     415: "the body is not JSON",
     422: "a field is invalid (named in param)",
     429: "a per-principal limit (with Retry-After, RateLimit and RateLimit-Policy)",
@@ -171,6 +177,19 @@ def _state_refused(request: Request, exc: redis.RedisError) -> JSONResponse:
     STATE_ERRORS.labels(info.code, "request").inc()
     retry_after = str(request.app.state.settings.server.retry_after_seconds)
     return error_response(503, info.code, info.message, headers={"Retry-After": retry_after})
+
+
+async def thread_too_large_handler(request: Request, exc: ThreadTooLarge) -> JSONResponse:
+    """413 `thread_too_large` for a change outside a run (a state update) over the cap."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    info = classify_error(exc)
+    return error_response(413, info.code, info.message, "thread_id")
+
+
+async def checkpoint_pruned_handler(request: Request, exc: CheckpointPruned) -> JSONResponse:
+    """404 `checkpoint_not_found`: a checkpoint asked for by id that retention dropped."""
+    info = classify_error(exc)
+    return error_response(404, info.code, info.message, "checkpoint_id")
 
 
 async def unhandled_exception_handler(request: Request, exc: Exception) -> JSONResponse:

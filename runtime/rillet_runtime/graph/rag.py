@@ -118,7 +118,8 @@ def build_rag_graph(
         answer = await deps.model.ainvoke(prompt, config)
         if deps.response_cache is not None and state["sources"] and answer.text:
             key = response_cache_key(cache_scope(config), deps.model_name, prompt_text(history))
-            await deps.response_cache.set(key, answer.text)
+            thread = config.get("configurable", {}).get("thread_id")
+            await deps.response_cache.set(key, answer.text, str(thread) if thread else None)
         overflow = len(state["messages"]) + 1 - deps.history_window
         removals = [RemoveMessage(id=m.id) for m in state["messages"][: max(overflow, 0)] if m.id]
         return {"messages": [*removals, answer]}

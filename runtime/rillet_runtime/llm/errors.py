@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from rillet_runtime.events import CheckpointCorrupt, refused_for_memory
+from rillet_runtime.events import (
+    CheckpointCorrupt,
+    CheckpointPruned,
+    ThreadTooLarge,
+    refused_for_memory,
+)
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -38,6 +43,16 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, CheckpointCorrupt):
         return ErrorInfo(
             "state_corrupt", "the thread's stored state is damaged and cannot be read", False
+        )
+    if isinstance(exc, ThreadTooLarge):
+        return ErrorInfo(
+            "thread_too_large", "the thread is over its size cap; start a new thread", False
+        )
+    if isinstance(exc, CheckpointPruned):
+        return ErrorInfo(
+            "checkpoint_not_found",
+            "that checkpoint of the thread is no longer kept (only the newest are)",
+            False,
         )
     if refused_for_memory(exc):
         return ErrorInfo("state_full", "the thread state store is out of memory", True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -22,7 +22,6 @@ from langgraph.checkpoint.base import (
     CheckpointMetadata,
     CheckpointTuple,
 )
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
@@ -37,6 +36,7 @@ from rillet_runtime.state.caches import (
 )
 from rillet_runtime.state.checkpoint import RedisCheckpointSaver, SentinelSet, strict_serializer
 from rillet_runtime.state.limits import Limiter, MemoryLimiter, RedisLimiter
+from rillet_runtime.state.memory_saver import BoundedMemorySaver
 from rillet_runtime.state.run_log import RunLog, open_run_log
 from rillet_runtime.state.runs import LEASE_MS, MemoryRunRegistry, RedisRunRegistry, RunRegistry
 from rillet_runtime.state.threads import MemoryThreadStore, RedisThreadStore, ThreadStore
@@ -69,16 +69,24 @@ class _TimedSaver(BaseCheckpointSaver[Any]):
             return await super().aput(config, checkpoint, metadata, new_versions)
 
 
-class TimedMemorySaver(_TimedSaver, InMemorySaver):
+class TimedMemorySaver(_TimedSaver, BoundedMemorySaver):
     """In the worker, bounded: at most `max_threads` threads, each kept `ttl_seconds` after
     its last use (None: no limit); the least recently used go first, counted in
     `rillet_memory_threads_evicted_total`. A long `make run` or a Redis-less pod cannot
-    grow without end."""
+    grow without end. Each thread is bounded as on Redis (memory_saver.py)."""
 
     def __init__(
-        self, *, serde: SerializerProtocol, max_threads: int, ttl_seconds: float | None
+        self,
+        *,
+        serde: SerializerProtocol,
+        max_threads: int,
+        ttl_seconds: float | None,
+        keep_checkpoints: int = 0,
+        max_thread_bytes: int = 0,
     ) -> None:
-        super().__init__(serde=serde)
+        super().__init__(
+            serde=serde, keep_checkpoints=keep_checkpoints, max_thread_bytes=max_thread_bytes
+        )
         self.max_threads = max_threads
         self.ttl_seconds = ttl_seconds
         self._last_used: OrderedDict[str, float] = OrderedDict()  # oldest first
@@ -119,20 +127,23 @@ class TimedMemorySaver(_TimedSaver, InMemorySaver):
         self._used(config)
         return saved
 
-    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """What a `rollback` needs and InMemorySaver lacks: forget the checkpoints (and
-        their pending writes) that these runs wrote."""
-        doomed = set(run_ids)
-        for thread_id, namespaces in self.storage.items():
-            for namespace, checkpoints in namespaces.items():
-                for checkpoint_id, (_, metadata, _) in list(checkpoints.items()):
-                    if self.serde.loads_typed(metadata).get("run_id") in doomed:
-                        del checkpoints[checkpoint_id]
-                        self.writes.pop((thread_id, namespace, checkpoint_id), None)
-
 
 class TimedRedisSaver(_TimedSaver, RedisCheckpointSaver):
     pass
+
+
+@runtime_checkable
+class ThreadSizes(Protocol):
+    """A saver that counts what each thread holds (both of Rillet's do)."""
+
+    async def athread_bytes(self, thread_id: str) -> int: ...
+
+
+async def thread_bytes(checkpointer: BaseCheckpointSaver[Any], thread_id: str) -> int:
+    """What the thread holds as its saver counts it; 0 for a saver that does not count."""
+    if isinstance(checkpointer, ThreadSizes):
+        return await checkpointer.athread_bytes(thread_id)
+    return 0
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,8 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
                     serde=serializer(settings),
                     max_threads=settings.memory_max_threads,
                     ttl_seconds=settings.checkpoint_ttl_seconds or None,
+                    keep_checkpoints=settings.keep_checkpoints,
+                    max_thread_bytes=settings.max_thread_bytes,
                 ),
                 response_cache=cache,
                 embedding_cache=None,
@@ -204,11 +217,13 @@ async def open_state(all_settings: Settings) -> AsyncIterator[StateBackends]:
         max_connections=settings.redis_max_connections,
         ttl_seconds=settings.checkpoint_ttl_seconds or None,
         compress_min_bytes=settings.compress_min_bytes,
+        keep_checkpoints=settings.keep_checkpoints,
+        max_thread_bytes=settings.max_thread_bytes,
         serde=serializer(settings),
     )
     client = saver.client
     run_log = open_run_log(client, streaming, settings.redis_timeout_seconds)
-    runs = RedisRunRegistry(client, record_ms=int(streaming.resume_ttl_seconds * 1000))
+    runs = RedisRunRegistry(client, record_ms=int(streaming.run_log_ttl_seconds * 1000))
     run_log.spawn(runs.watch_cancels(), "cancel-channel")  # stopped with the run log
     try:
         yield StateBackends(

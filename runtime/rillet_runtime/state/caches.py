@@ -21,9 +21,18 @@ from rillet_runtime.metrics import CACHE_REQUESTS, STATE_ERRORS
 
 
 class ResponseCache(Protocol):
+    """Entries belong to the thread whose run stored them (`thread`: its scoped key), so
+    deleting the thread deletes them. An entry is keyed by principal, model and the whole
+    prompt, so another thread of the same principal with the very same conversation may
+    have been answered from it too; it goes all the same, and that thread simply misses."""
+
     async def get(self, key: str) -> str | None: ...
 
-    async def set(self, key: str, answer: str) -> None: ...
+    async def set(self, key: str, answer: str, thread: str | None = None) -> None: ...
+
+    async def forget_thread(self, thread: str) -> None:
+        """The entries the thread's runs stored go."""
+        ...
 
 
 def response_cache_key(scope: str, model: str, prompt: str) -> str:
@@ -33,8 +42,17 @@ def response_cache_key(scope: str, model: str, prompt: str) -> str:
     return f"rillet:resp:{digest}"
 
 
+def thread_entries_key(thread: str) -> str:
+    """The response cache entries a thread's runs stored, in the thread's slot."""
+    return f"rillet:resp:thread:{{{thread}}}"
+
+
 def _count(cache: str, hit: bool) -> None:
     CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @contextmanager
@@ -52,14 +70,21 @@ def _skipped_when_full() -> Iterator[None]:
 class MemoryResponseCache:
     def __init__(self, max_entries: int, ttl_seconds: float) -> None:
         self._entries: TTLCache[str, str] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
+        self._by_thread: TTLCache[str, set[str]] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
 
     async def get(self, key: str) -> str | None:
         answer = self._entries.get(key)
         _count("response", answer is not None)
         return answer
 
-    async def set(self, key: str, answer: str) -> None:
+    async def set(self, key: str, answer: str, thread: str | None = None) -> None:
         self._entries[key] = answer
+        if thread is not None:
+            self._by_thread[thread] = {*self._by_thread.get(thread, ()), key}
+
+    async def forget_thread(self, thread: str) -> None:
+        for key in self._by_thread.pop(thread, ()):
+            self._entries.pop(key, None)
 
 
 class RedisResponseCache:
@@ -72,9 +97,22 @@ class RedisResponseCache:
         _count("response", stored is not None)
         return stored.decode() if isinstance(stored, bytes) else stored
 
-    async def set(self, key: str, answer: str) -> None:
+    async def set(self, key: str, answer: str, thread: str | None = None) -> None:
         with _skipped_when_full():
             await self.client.set(key, answer, px=self.ttl_ms)
+            if thread is not None:  # the entry and the thread are in different slots
+                pipe = self.client.pipeline(transaction=False)
+                pipe.sadd(thread_entries_key(thread), key)
+                pipe.pexpire(thread_entries_key(thread), self.ttl_ms)
+                await pipe.execute()
+
+    async def forget_thread(self, thread: str) -> None:
+        index = thread_entries_key(thread)
+        keys = [_text(key) for key in await self.client.smembers(index)]
+        pipe = self.client.pipeline(transaction=False)
+        for key in [*keys, index]:  # one by one: each entry is in a slot of its own
+            pipe.delete(key)
+        await pipe.execute()
 
 
 def embedding_cache_key(model: str, text: str) -> str:

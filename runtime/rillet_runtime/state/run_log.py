@@ -99,6 +99,12 @@ class RunLog(ABC):
 
     shared: ClassVar[bool]
 
+    @property
+    def beat_ms(self) -> int:
+        """How long a beat keeps a live run's log: its lifetime, or longer when that is
+        shorter than the beats are apart."""
+        return max(self.ttl_ms, _OWNER_TTL_MS)
+
     @abstractmethod
     async def append(self, run_id: str, *batch: RunEvent) -> None: ...
 
@@ -120,6 +126,10 @@ class RunLog(ABC):
     @abstractmethod
     async def alive(self, run_id: str) -> bool:
         """Some worker is publishing the run now (its beat is fresh)."""
+
+    @abstractmethod
+    async def forget(self, run_ids: list[str]) -> None:
+        """These runs' logs go now (their thread was deleted), not when they expire."""
 
     def publish(
         self,
@@ -245,13 +255,22 @@ class RedisRunLog(RunLog):
                 raise reply
 
     async def beat(self, run_id: str) -> bool:
-        """Keep the owner key alive; True while some resumer is reading."""
-        _, owner, reader = _keys(run_id)
+        """Keep the owner key alive, and the log (it expires `ttl_ms` after the last event
+        or beat, so a quiet run keeps what it logged); True while some resumer is reading."""
+        events, owner, reader = _keys(run_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.set(owner, "1", px=_OWNER_TTL_MS)
+        pipe.pexpire(events, self.beat_ms)
         pipe.exists(reader)
-        _, readers = await pipe.execute()
+        *_, readers = await pipe.execute()
         return bool(readers)
+
+    async def forget(self, run_ids: list[str]) -> None:
+        if run_ids:  # one key at a time: in a cluster each run has a slot of its own
+            pipe = self.client.pipeline(transaction=False)
+            for key in (key for run_id in run_ids for key in _keys(run_id)):
+                pipe.delete(key)
+            await pipe.execute()
 
     async def follow(
         self, run_id: str, last_event_id: int | None
@@ -322,25 +341,26 @@ class MemoryRunLog(RunLog):
     shared: ClassVar[bool] = False
     _runs: dict[str, _Logged] = field(default_factory=dict)
 
-    def _kept(self, run_id: str) -> _Logged:
-        """The run's log, kept `ttl_ms` from now; a new run's first drops the expired."""
+    def _kept(self, run_id: str, keep_ms: int) -> _Logged:
+        """The run's log, kept `keep_ms` from now (its last event or beat); a new run's
+        first drops the expired."""
         now = time.monotonic()
         if run_id not in self._runs:
             for expired in [key for key, run in self._runs.items() if run.expires_at < now]:
                 del self._runs[expired]
         logged = self._runs.setdefault(run_id, _Logged())
-        logged.expires_at = now + self.ttl_ms / 1000
+        logged.expires_at = now + keep_ms / 1000
         return logged
 
     async def append(self, run_id: str, *batch: RunEvent) -> None:
-        logged = self._kept(run_id)
+        logged = self._kept(run_id, self.ttl_ms)
         logged.events += batch
         del logged.events[: -self.max_events]
         logged.wake()
 
     async def beat(self, run_id: str) -> bool:
         """Known (followable) from its first beat, and kept while it lives."""
-        self._kept(run_id)
+        self._kept(run_id, self.beat_ms)
         return False  # a follower here extends nothing: the run is in this process
 
     async def alive(self, run_id: str) -> bool:
@@ -352,11 +372,15 @@ class MemoryRunLog(RunLog):
             logged.ended = True
             logged.wake()
 
+    async def forget(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            self._runs.pop(run_id, None)
+
     async def follow(
         self, run_id: str, last_event_id: int | None
     ) -> AsyncGenerator[RunEvent] | None:
         logged = self._runs.get(run_id)
-        if logged is None:
+        if logged is None or logged.expires_at < time.monotonic():  # expired, as on Redis
             return None
         if last_event_id is None:  # from now on: nothing if the run is over
             newest = logged.events[-1] if logged.events else None
@@ -384,7 +408,7 @@ def open_run_log(
 ) -> RunLog:
     """On Redis when there is one (its commands time out after `socket_timeout_seconds`),
     else in the worker."""
-    limits = (int(settings.resume_ttl_seconds * 1000), settings.resume_max_events)
+    limits = (int(settings.run_log_ttl_seconds * 1000), settings.resume_max_events)
     if client is None:
         return MemoryRunLog(*limits)
     return RedisRunLog(*limits, client=client, block_ms=follow_block_ms(socket_timeout_seconds))

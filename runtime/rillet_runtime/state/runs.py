@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aredis
+from cachetools import TTLCache
 from redis.exceptions import RedisClusterException
 
 from rillet_runtime.state.run_log import run_key
@@ -48,6 +50,15 @@ return 0
 
 def lease_key(thread_key: str) -> str:
     return f"rillet:lease:{{{thread_key}}}"
+
+
+def recent_runs_key(thread_key: str) -> str:
+    """The runs that held the thread lately (their logs may still be kept), by last beat."""
+    return f"{lease_key(thread_key)}:runs"
+
+
+def _millis() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -77,6 +88,11 @@ class RunRegistry(Protocol):
 
     def untrack(self, run_id: str) -> None: ...
 
+    async def forget_thread(self, thread_key: str) -> list[str]:
+        """The thread is deleted: the runs that held it lately, whose records (owner,
+        cancel request) go now; their logs are the run log's to remove."""
+        ...
+
 
 @dataclass
 class _WorkerRuns:
@@ -101,8 +117,15 @@ class RedisRunRegistry(_WorkerRuns):
             taken = await self.client.set(lease_key(thread_key), run_id, nx=True, px=LEASE_MS)
             if not taken:
                 return False
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(run_key(run_id, "principal"), principal_key, px=self.record_ms)
+        if thread_key is not None:
+            recent = recent_runs_key(thread_key)
+            pipe.zadd(recent, {run_id: _millis()})
+            pipe.zremrangebyscore(recent, "-inf", _millis() - self.record_ms)
+            pipe.pexpire(recent, self.record_ms)
         try:
-            await self.client.set(run_key(run_id, "principal"), principal_key, px=self.record_ms)
+            await pipe.execute()
         except BaseException:
             await self.release(thread_key, run_id)
             raise
@@ -112,6 +135,8 @@ class RedisRunRegistry(_WorkerRuns):
         pipe = self.client.pipeline(transaction=False)
         if thread_key is not None:
             pipe.eval(_RENEW, 1, lease_key(thread_key), run_id, LEASE_MS)
+            pipe.zadd(recent_runs_key(thread_key), {run_id: _millis()}, xx=True)
+            pipe.pexpire(recent_runs_key(thread_key), self.record_ms)
         pipe.pexpire(run_key(run_id, "principal"), self.record_ms)  # outlives a long run
         pipe.exists(run_key(run_id, "cancel"))
         replies = await pipe.execute()
@@ -126,6 +151,16 @@ class RedisRunRegistry(_WorkerRuns):
 
     async def owner(self, run_id: str) -> str | None:
         return _text(await self.client.get(run_key(run_id, "principal")))
+
+    async def forget_thread(self, thread_key: str) -> list[str]:
+        recent = recent_runs_key(thread_key)
+        run_ids = [_text(member) or "" for member in await self.client.zrange(recent, 0, -1)]
+        pipe = self.client.pipeline(transaction=False)  # each run in a slot of its own
+        for run_id in run_ids:
+            pipe.delete(run_key(run_id, "principal"), run_key(run_id, "cancel"))
+        pipe.delete(recent)
+        await pipe.execute()
+        return run_ids
 
     async def request_cancel(self, run_id: str) -> None:
         await self.client.set(run_key(run_id, "cancel"), "1", px=self.record_ms)
@@ -179,12 +214,17 @@ class MemoryRunRegistry(_WorkerRuns):
 
     leases: dict[str, str] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
+    # Per thread, the runs that held it lately; bounded like the in-memory run log.
+    recent: TTLCache[str, list[str]] = field(
+        default_factory=lambda: TTLCache(maxsize=10_000, ttl=3600)
+    )
 
     async def claim(self, thread_key: str | None, run_id: str, principal_key: str) -> bool:
         if thread_key is not None:
             if thread_key in self.leases:
                 return False
             self.leases[thread_key] = run_id
+            self.recent[thread_key] = [*self.recent.get(thread_key, [])[-99:], run_id]
         self.owners[run_id] = principal_key
         return True
 
@@ -205,3 +245,6 @@ class MemoryRunRegistry(_WorkerRuns):
     async def request_cancel(self, run_id: str) -> None:
         if (cancel := self.local.get(run_id)) is not None:  # also one waiting for its thread
             cancel.set()
+
+    async def forget_thread(self, thread_key: str) -> list[str]:
+        return self.recent.pop(thread_key, [])

@@ -23,7 +23,7 @@ from rillet_runtime.api.langgraph.assistants import graph_id_for
 from rillet_runtime.api.langgraph.models import RunCreate
 from rillet_runtime.api.langgraph.shapes import assistant_id
 from rillet_runtime.api.langgraph.stream import LangGraphDialect
-from rillet_runtime.api.langgraph.threads import own_thread, thread_not_found
+from rillet_runtime.api.langgraph.threads import own_thread, require_checkpoint, thread_not_found
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
 from rillet_runtime.events import RunEvent
@@ -160,6 +160,11 @@ async def prepare(
             422, "invalid_request", "command.resume needs a thread: resume on /threads/{id}/runs"
         )
     thread = None if thread_id is None else await _thread_for(runtime, principal, thread_id, body)
+    if thread_id is not None:  # a run from a checkpoint starts from it, not from empty state
+        checkpoint = {**(body.checkpoint or {})}
+        if body.checkpoint_id:
+            checkpoint["checkpoint_id"] = body.checkpoint_id
+        await require_checkpoint(runtime, principal, thread_id, checkpoint)
     return Prepared(runtime, principal, body, thread_id, endpoint, thread)
 
 

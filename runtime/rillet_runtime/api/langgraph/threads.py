@@ -67,6 +67,25 @@ async def snapshot_of(
     return await runtime.graph.aget_state(state_config(principal, thread_id, checkpoint))
 
 
+async def require_checkpoint(
+    runtime: Runtime, principal: Principal, thread_id: str, checkpoint: dict[str, Any] | None
+) -> None:
+    """A checkpoint the client names by id is there, or 404 `checkpoint_not_found`: never
+    read (or run from) as an empty state. One retention dropped raises the same 404
+    (CheckpointPruned, answered by its handler)."""
+    checkpoint_id = (checkpoint or {}).get("checkpoint_id")
+    if not checkpoint_id:
+        return
+    config = state_config(principal, thread_id, checkpoint)
+    if await runtime.checkpointer.aget_tuple(config) is None:
+        raise ApiError(
+            404,
+            "checkpoint_not_found",
+            f"checkpoint {checkpoint_id} of thread {thread_id} not found",
+            param="checkpoint_id",
+        )
+
+
 async def own_thread(
     runtime: Runtime, principal: Principal, thread_id: str
 ) -> tuple[ThreadRecord, StateSnapshot]:
@@ -186,6 +205,7 @@ async def _state(
     runtime: Runtime, principal: Principal, thread_id: str, checkpoint: dict[str, Any] | None
 ) -> dict[str, Any]:
     await own_thread(runtime, principal, thread_id)
+    await require_checkpoint(runtime, principal, thread_id, checkpoint)
     return state_json(await snapshot_of(runtime, principal, thread_id, checkpoint), thread_id)
 
 
@@ -228,6 +248,7 @@ async def update_state(
     checkpoint = body.checkpoint.model_dump() if body.checkpoint else {}
     if body.checkpoint_id:
         checkpoint["checkpoint_id"] = body.checkpoint_id
+    await require_checkpoint(runtime, principal, thread_id, checkpoint)
     async with holding_thread(runtime, principal, thread_id):
         try:
             config = await runtime.graph.aupdate_state(
@@ -265,9 +286,10 @@ def _before(before: dict[str, Any] | str | None) -> RunnableConfig | None:
 async def get_history(
     thread_id: ThreadIdPath, body: HistoryRequest, runtime: RuntimeDep, principal: PrincipalDep
 ) -> list[dict[str, Any]]:
-    """The thread's checkpoints, newest first."""
+    """The thread's checkpoints, newest first: those retention keeps."""
     await own_thread(runtime, principal, thread_id)
     checkpoint = body.checkpoint.model_dump() if body.checkpoint else None
+    await require_checkpoint(runtime, principal, thread_id, checkpoint)
     states = runtime.graph.aget_state_history(
         state_config(principal, thread_id, checkpoint),
         filter=body.metadata,

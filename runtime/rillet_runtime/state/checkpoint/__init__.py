@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from rillet_runtime.events import CheckpointCorrupt
+from rillet_runtime.events import CheckpointCorrupt, CheckpointPruned, ThreadTooLarge
 from rillet_runtime.state.checkpoint.aio import AsyncFace
 from rillet_runtime.state.checkpoint.base import CHAT_STATE_TYPES, strict_serializer
 from rillet_runtime.state.checkpoint.cluster import WaitingRedisCluster
@@ -35,9 +35,11 @@ from rillet_runtime.state.checkpoint.sync import SyncFace
 __all__ = [
     "CHAT_STATE_TYPES",
     "CheckpointCorrupt",
+    "CheckpointPruned",
     "RedisCheckpointSaver",
     "SentinelSet",
     "ThreadKeys",
+    "ThreadTooLarge",
     "strict_serializer",
 ]
 
@@ -62,6 +64,10 @@ class RedisCheckpointSaver(AsyncFace, SyncFace):
 
     Loads are strict by default (`strict_serializer`: no type outside an allowlist is
     constructed), and a checkpoint missing a value it references raises CheckpointCorrupt.
+    Every checkpoint is kept unless `keep_checkpoints` (per thread and namespace) says how
+    many, the newest; a read by id of one it dropped raises CheckpointPruned. A thread
+    may hold any size unless `max_thread_bytes` caps it: a write past it raises (or, in a
+    streamed run, notes) ThreadTooLarge.
     """
 
     def __init__(
@@ -71,10 +77,16 @@ class RedisCheckpointSaver(AsyncFace, SyncFace):
         sync_client: redis.Redis | redis.RedisCluster | Callable[[], Any] | None = None,
         ttl_seconds: float | None = 7 * 24 * 3600,
         compress_min_bytes: int = 1024,
+        keep_checkpoints: int = 0,
+        max_thread_bytes: int = 0,
         serde: SerializerProtocol | None = None,
     ) -> None:
         super().__init__(
-            ttl_seconds=ttl_seconds, compress_min_bytes=compress_min_bytes, serde=serde
+            ttl_seconds=ttl_seconds,
+            compress_min_bytes=compress_min_bytes,
+            keep_checkpoints=keep_checkpoints,
+            max_thread_bytes=max_thread_bytes,
+            serde=serde,
         )
         self.client = client
         self._sync_client = sync_client

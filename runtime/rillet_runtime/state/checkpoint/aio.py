@@ -82,6 +82,9 @@ class AsyncFace(BaseRedisSaver):
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await self._arun(self._prune(thread_ids, strategy))
 
+    async def athread_bytes(self, thread_id: str) -> int:
+        return await self._arun(self._thread_bytes(thread_id))
+
     async def _arun(self, operation: Operation[T]) -> T:
         """Await each request and send the operation its reply, or throw in its error."""
         try:

@@ -34,6 +34,8 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from rillet_runtime.events import (
     CheckpointCorrupt,
+    CheckpointPruned,
+    ThreadTooLarge,
     refused_for_memory,
     save_failed,
     saves_stopped,
@@ -104,11 +106,15 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         *,
         ttl_seconds: float | None = 7 * 24 * 3600,
         compress_min_bytes: int = 1024,
+        keep_checkpoints: int = 0,
+        max_thread_bytes: int = 0,
         serde: SerializerProtocol | None = None,
     ) -> None:
         super().__init__(serde=serde or strict_serializer())
         self.ttl_ms = int(ttl_seconds * 1000) if ttl_seconds else 0
         self.compress_min_bytes = compress_min_bytes
+        self.keep_checkpoints = keep_checkpoints  # per thread and namespace; 0: all
+        self.max_thread_bytes = max_thread_bytes  # 0: no cap
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
 
@@ -152,7 +158,8 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Operation[RunnableConfig]:
-        """The checkpoint and the values that changed in one script, then the run index."""
+        """The run index, then the checkpoint and the values that changed in one script,
+        which also drops what retention no longer keeps and holds the thread to its cap."""
         thread_id, checkpoint_ns = _thread_and_ns(config)
         keys = ThreadKeys(thread_id)
         stored = checkpoint.copy()
@@ -166,10 +173,10 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
             for channel, version in checkpoint["channel_versions"].items()
         )
         full_metadata = get_checkpoint_metadata(config, metadata)
-        idx, cps, blobs, _, _ = keys.ns(checkpoint_ns)
+        run_id = str(full_metadata.get("run_id") or "")
         put = _eval(
             scripts.PUT,
-            [keys.ns_set, idx, cps, blobs],
+            [keys.ns_set, *keys.ns(checkpoint_ns), keys.info],
             keys.prefix,
             self.ttl_ms,
             escape(checkpoint_ns),
@@ -178,15 +185,18 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
             self._encode(full_metadata),
             config["configurable"].get("checkpoint_id") or "",
             referenced,
+            run_id,
+            self.keep_checkpoints,
+            self.max_thread_bytes,
             len(new_versions),
             *blob_pairs,
         )
         requests: list[Request] = [put]
-        if run_id := full_metadata.get("run_id"):
+        if run_id:
             # Indexed first: a run whose save fails midway can still find all it wrote.
             member = run_member(thread_id, checkpoint_ns, checkpoint["id"])
-            requests.insert(0, self._index_run(str(run_id), member))
-        yield from _saving(requests)
+            requests.insert(0, self._index_run(run_id, member))
+        yield from _within_cap(thread_id, requests)
         return _config(thread_id, checkpoint_ns, checkpoint["id"])
 
     def _index_run(self, run_id: str, member: str) -> Pipeline:
@@ -216,14 +226,17 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         _, _, _, writes_key, wfields = keys.ns(checkpoint_ns)
         put_writes = _eval(
             scripts.PUT_WRITES,
-            [keys.ns_set, writes_key, wfields],
+            [keys.ns_set, writes_key, wfields, keys.info],
             keys.prefix,
             self.ttl_ms,
             escape(checkpoint_ns),
+            run_of(config),
+            checkpoint_id,
+            self.max_thread_bytes,
             len(writes),
             *triples,
         )
-        yield from _saving([put_writes])
+        yield from _within_cap(thread_id, [put_writes])
 
     def _list(
         self,
@@ -259,17 +272,28 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
                     yield tuple_
 
     def _delete_thread(self, thread_id: str) -> Operation[None]:
+        """Every key of the thread, then the thread's entries in the index of each run
+        that wrote it."""
         keys = ThreadKeys(thread_id)
-        yield _eval(scripts.DELETE_THREAD, [keys.ns_set], keys.prefix)
+        runs = yield _eval(scripts.DELETE_THREAD, [keys.ns_set], keys.prefix)
+        for run_id in runs:
+            yield _eval(scripts.FORGET_RUN_THREAD, [run_key(text(run_id))], f"{thread_id}\0")
 
     def _delete_for_runs(self, run_ids: Sequence[str]) -> Operation[None]:
         for run_id in run_ids:
             members = yield ("SMEMBERS", run_key(run_id))
             for member in members:
                 thread_id, checkpoint_ns, checkpoint_id = parse_run_member(member)
-                idx, cps, _, writes, wfields = ThreadKeys(thread_id).ns(checkpoint_ns)
-                yield _eval(scripts.DELETE_CHECKPOINT, [idx, cps, writes, wfields], checkpoint_id)
+                keys = ThreadKeys(thread_id)
+                script_keys = [*keys.ns(checkpoint_ns), keys.info]
+                yield _eval(scripts.DELETE_CHECKPOINT, script_keys, checkpoint_id)
             yield ("DEL", run_key(run_id))
+
+    def _thread_bytes(self, thread_id: str) -> Operation[int]:
+        """What the thread holds, as the scripts count it (0: no such thread)."""
+        keys = ThreadKeys(thread_id)
+        held = yield _eval(scripts.THREAD_BYTES, [keys.ns_set, keys.info], keys.prefix)
+        return int(held)
 
     def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> Operation[None]:
         """DUMP and RESTORE key by key: the two threads live in different slots."""
@@ -292,14 +316,22 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
             keys = ThreadKeys(thread_id)
             namespaces = yield from _namespaces(thread_id)
             for checkpoint_ns in namespaces:
-                yield _eval(scripts.KEEP_LATEST, keys.ns(checkpoint_ns))
+                script_keys = [*keys.ns(checkpoint_ns), keys.info]
+                yield _eval(scripts.KEEP_LATEST, script_keys, escape(checkpoint_ns))
 
     # -- replies -----------------------------------------------------------------------
 
     def _get_command(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> Command:
         keys = ThreadKeys(thread_id)
-        script_keys = [keys.ns_set, *keys.ns(checkpoint_ns)]
-        return _eval(scripts.GET, script_keys, keys.prefix, self.ttl_ms, checkpoint_id)
+        script_keys = [keys.ns_set, *keys.ns(checkpoint_ns), keys.info]
+        return _eval(
+            scripts.GET,
+            script_keys,
+            keys.prefix,
+            self.ttl_ms,
+            checkpoint_id,
+            escape(checkpoint_ns),
+        )
 
     def _tuple(self, thread_id: str, checkpoint_ns: str, reply: Any) -> CheckpointTuple | None:
         """A GET script's reply as LangGraph's tuple (None: no such checkpoint). A value the
@@ -307,6 +339,8 @@ class BaseRedisSaver(BaseCheckpointSaver[str]):
         if not reply:
             return None
         at = (thread_id, checkpoint_ns, text(reply[0]) or "(latest)")
+        if len(reply) == 3:  # asked for by id, dropped by retention
+            raise CheckpointPruned(*at)
         if len(reply) == 2:  # a part of the thread is gone (see scripts.GET)
             raise CheckpointCorrupt(*at, text(reply[1]), "is missing")
         _, checkpoint_raw, metadata_raw, parent_raw, vfields, bvals, wfields, wvals = reply
@@ -363,6 +397,30 @@ def _saving(requests: Sequence[Request]) -> Operation[None]:
         if not (isinstance(exc, _SAVE_FAILURES) or refused_for_memory(exc)):
             raise
         save_failed(exc)
+
+
+_TOO_LARGE = "THREAD_TOO_LARGE "  # the scripts' error reply: `THREAD_TOO_LARGE <bytes> <cap>`
+
+
+def _within_cap(thread_id: str, requests: Sequence[Request]) -> Operation[None]:
+    """`_saving`, where a write the thread's byte cap refused is a failed save too, as
+    ThreadTooLarge (the script took back what the run had written before it)."""
+    try:
+        yield from _saving(requests)
+    except redis.ResponseError as exc:
+        reason = str(exc)
+        if not reason.startswith(_TOO_LARGE):
+            raise
+        would_hold, limit = (int(part) for part in reason.removeprefix(_TOO_LARGE).split())
+        save_failed(ThreadTooLarge(thread_id, would_hold, limit))
+
+
+def run_of(config: RunnableConfig) -> str:
+    """The run writing, found where checkpoint metadata finds it ('' when none is named)."""
+    for source in (config.get("metadata"), config.get("configurable")):
+        if source and (run_id := source.get("run_id")):
+            return str(run_id)
+    return ""
 
 
 def _eval(script: str, keys: Sequence[str], *args: Any) -> Command:

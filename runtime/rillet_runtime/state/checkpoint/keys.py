@@ -3,9 +3,11 @@ so a thread lives in one cluster slot and one Lua script can touch all of it. Pe
 namespace:
 
     rillet:cp:{t}:ns            SET    namespaces of the thread
+    rillet:cp:{t}:info          HASH   bytes: what the thread holds (kept by the scripts);
+                                       pruned\\0<ns>: the newest checkpoint id retention dropped
     rillet:cp:{t}:<ns>:idx      ZSET   checkpoint ids (score 0, ordered by id: newest last)
     rillet:cp:{t}:<ns>:cps      HASH   <id> checkpoint, <id>\\0m metadata, <id>\\0p parent,
-                                       <id>\\0v the blob fields it references
+                                       <id>\\0v the blob fields it references, <id>\\0r its run
     rillet:cp:{t}:<ns>:blobs    HASH   <channel>\\0<version> -> value, written once per version
     rillet:cp:{t}:<ns>:writes   HASH   <id>\\0<task>\\0<idx> -> pending write
     rillet:cp:{t}:<ns>:wfields  ZSET   the writes' fields, for lookup by checkpoint id
@@ -49,13 +51,17 @@ class ThreadKeys:
     def ns_set(self) -> str:
         return self.prefix + "ns"
 
+    @property
+    def info(self) -> str:
+        return self.prefix + "info"
+
     def ns(self, checkpoint_ns: str) -> list[str]:
         """idx, cps, blobs, writes, wfields of one namespace."""
         base = self.prefix + escape(checkpoint_ns)
         return [base + suffix for suffix in NS_SUFFIXES]
 
     def all_keys(self, namespaces: Sequence[str]) -> list[str]:
-        return [self.ns_set, *(key for ns in namespaces for key in self.ns(ns))]
+        return [self.ns_set, self.info, *(key for ns in namespaces for key in self.ns(ns))]
 
 
 def thread_of_ns_set(key: bytes | str) -> str:

@@ -83,6 +83,9 @@ class SyncFace(BaseRedisSaver):
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._run(self._prune(thread_ids, strategy))
 
+    def thread_bytes(self, thread_id: str) -> int:
+        return self._run(self._thread_bytes(thread_id))
+
     def _run(self, operation: Operation[T]) -> T:
         """Call each request and send the operation its reply, or throw in its error."""
         try:
