@@ -278,9 +278,9 @@ def redis_args(cs: ChatService, persistence: RedisPersistenceSpec | None = None)
     limit = quantity(managed.memory_limit, "redis.managed.memoryLimit")
     maxmemory = int(limit * 8 // 10)  # room for Redis's own overhead
     if persistence.enabled:
-        # Every write reaches the AOF before its reply; fsync'd each second. The RDB
+        # Every write reaches the AOF before its reply; fsync'd as the spec says. The RDB
         # snapshots are a compact second copy, written again on a clean shutdown.
-        durability = ["--appendonly", "yes", "--appendfsync", "everysec"]
+        durability = ["--appendonly", "yes", "--appendfsync", persistence.fsync]
         durability += ["--save", REDIS_SNAPSHOTS]
     else:
         durability = ["--appendonly", "no", "--save", ""]
@@ -349,7 +349,9 @@ def persistence_to_apply(
     if statefulset is None:
         return wanted
     in_place = claim_in_place(statefulset)
-    return wanted if same_claim(wanted, in_place) else in_place
+    if same_claim(wanted, in_place):
+        return wanted
+    return in_place.model_copy(update={"fsync": wanted.fsync})  # the claim alone is fixed
 
 
 def redis_stateful_set(

@@ -159,6 +159,12 @@ class RedisPersistenceSpec(Model):
         max_length=253,
         description="unset: the cluster's default StorageClass; fixed once the claim exists",
     )
+    fsync: Literal["everysec", "always"] = Field(
+        "everysec",
+        description="when Redis fsyncs the append-only file: everysec (a crashed node may "
+        "lose the last second or two of turns) or always (before every reply: nothing "
+        "acknowledged is lost, each write waits for the disk)",
+    )
 
 
 MANAGED_REDIS_REPLICAS_MESSAGE = (

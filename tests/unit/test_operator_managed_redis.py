@@ -83,6 +83,18 @@ def test_by_default_every_write_reaches_an_aof_fsynced_each_second_plus_snapshot
     assert argument(args, "--maxmemory-policy") == "noeviction"
 
 
+def test_fsync_always_is_a_choice_that_survives_a_kept_claim() -> None:
+    """`always`: Redis fsyncs before it replies, so no acknowledged turn is lost with the
+    node. It changes the pod, not the claim, so it applies even when the claim is kept."""
+    cs = chat_service(persistence={"fsync": "always"})
+    assert argument(builders.redis_args(cs), "--appendfsync") == "always"
+    existing = live(builders.redis_stateful_set(chat_service()))
+    resized = chat_service(persistence={"fsync": "always", "size": "5Gi"})
+    kept = builders.persistence_to_apply(resized, existing)
+    assert builders.same_claim(kept, builders.claim_in_place(existing))
+    assert argument(builders.redis_args(resized, kept), "--appendfsync") == "always"
+
+
 def test_switched_off_redis_writes_nothing_to_disk() -> None:
     cs = chat_service(persistence={"enabled": False})
     args = builders.redis_args(cs)
