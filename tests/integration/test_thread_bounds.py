@@ -41,6 +41,8 @@ from tests.support.redis_cluster import StateRedis, state_redis
 from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
 
 BACKENDS = ["memory", "redis", "cluster"]
+ON_REDIS = pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+SERVED_ON_REDIS = pytest.mark.parametrize("served", ["redis", "cluster"], indirect=True)
 Events = list[tuple[str, dict[str, Any]]]
 
 
@@ -173,11 +175,11 @@ async def test_retention_keeps_the_thread_the_same_size_however_many_turns(
     assert kept[-1] * 8 < unbounded[-1]
 
 
+@ON_REDIS  # the in-memory saver has no keys to measure
 async def test_the_running_count_is_what_the_thread_holds(backend: StateRedis | None) -> None:
     """Kept by each write (retention, pending writes, a rollback, a refusal): measuring the
     thread from its keys gives the same figure."""
-    if backend is None:
-        pytest.skip("the in-memory saver has no keys to measure")
+    assert backend is not None
     async with saver_on(backend, keep_checkpoints=3, max_thread_bytes=60_000) as saver:
         graph = echo_graph(saver)
         for number in range(5):
@@ -417,14 +419,14 @@ def test_a_turn_over_the_cap_is_not_saved_and_the_thread_is_as_it_was(
     assert after[len(before) :] == ["and now?", after[-1]]
 
 
+@SERVED_ON_REDIS  # in memory each process has threads of its own
 def test_a_thread_already_over_the_cap_gets_413_before_its_run(
     served: tuple[Process, StateRedis | None], module_tmp: Path, fake: FakeLLM
 ) -> None:
     """The cap lowered under a thread (here: a second server with a smaller one on the same
     Redis): its next run is refused before anything streams."""
     server, store = served
-    if store is None:
-        pytest.skip("in memory each process has threads of its own")
+    assert store is not None
     thread = f"grown-{random.randrange(10**9)}"
     for text in ("one", "two"):
         assert stream(server.url, {"message": text, "thread_id": thread})[-1][1]["state_saved"]
@@ -520,12 +522,12 @@ def test_deleting_a_busy_thread_cancels_its_run_and_leaves_nothing_of_it(
     assert not [key for key in cached if store.keys(key.decode())]  # its cache entries
 
 
+@SERVED_ON_REDIS  # without Redis runs are not logged for resuming
 def test_a_run_log_expires_soon_after_its_last_event(
     served: tuple[Process, StateRedis | None],
 ) -> None:
     server, store = served
-    if store is None:
-        pytest.skip("without Redis runs are not logged for resuming")
+    assert store is not None
     events = stream(server.url, {"message": "hello"})
     run_id = events[0][1]["run_id"]
     log_key = f"rillet:run:{{{run_id}}}:events"
