@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.processes import RedisServer
 from tests.support.redis_cluster import RedisCluster, StateRedis, state_redis
+from tests.support.toxiproxy import Toxiproxy, toxiproxy_server
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,10 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def state_redis_fixture(request: pytest.FixtureRequest) -> StateRedis:
     """The same tests on one redis-server, then on a 3-master Redis Cluster."""
     return state_redis(request, request.param)
+
+
+@pytest.fixture(scope="module")
+def toxiproxy(module_tmp: Path) -> Iterator[Toxiproxy]:
+    """A real toxiproxy-server for the module's fault tests."""
+    with toxiproxy_server(module_tmp) as server:
+        yield server

@@ -21,7 +21,7 @@ from rillet_runtime.fakellm import answer_tokens
 from tests.support.faults import Seen, ask, stored_turns
 from tests.support.processes import RedisServer, wait_for
 from tests.support.servers import FakeLLM, RilletServer, fake_llm_process, rillet_server
-from tests.support.toxiproxy import Proxy, Toxiproxy, toxiproxy_server
+from tests.support.toxiproxy import Proxy, Toxiproxy
 
 PRIMARY_TOKENS, FALLBACK_TOKENS = 30, 12  # different answers: the text says who answered
 PRIMARY = "".join(answer_tokens(PRIMARY_TOKENS))
@@ -31,12 +31,6 @@ BREAKER_FAILURES = 3  # model.breaker_failure_threshold
 BREAKER_RESET_SECONDS = 4  # model.breaker_reset_seconds
 WORKERS = 2  # each worker keeps its own breakers
 MAX_REQUESTS = 10 * WORKERS * BREAKER_FAILURES  # far more than any breaker should need
-
-
-@pytest.fixture(scope="module")
-def toxiproxy(module_tmp: Path) -> Iterator[Toxiproxy]:
-    with toxiproxy_server(module_tmp) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

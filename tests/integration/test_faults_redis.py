@@ -32,17 +32,11 @@ from tests.support.faults import (
 )
 from tests.support.processes import RedisServer, wait_for
 from tests.support.servers import FakeLLM, RilletServer, fake_llm_process, rillet_server
-from tests.support.toxiproxy import Proxy, Toxiproxy, toxiproxy_server
+from tests.support.toxiproxy import Proxy, Toxiproxy
 
 TOKENS = 25  # 40 ms apart: a 1 s answer, long enough to strike mid-stream
 ANSWER = "".join(answer_tokens(TOKENS))
 OUTAGE_SECONDS = 30
-
-
-@pytest.fixture(scope="module")
-def toxiproxy(module_tmp: Path) -> Iterator[Toxiproxy]:
-    with toxiproxy_server(module_tmp) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from httpx_sse import connect_sse
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.serde.event_hooks import SerdeEvent, register_serde_event_listener
 from langgraph.checkpoint.serde.jsonplus import EXT_CONSTRUCTOR_SINGLE_ARG, JsonPlusSerializer
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from redis.crc import key_slot
 
@@ -37,6 +37,7 @@ from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings, StateSettings
 from rillet_runtime.state import serializer
 from rillet_runtime.state.checkpoint import CheckpointCorrupt, RedisCheckpointSaver, ThreadKeys
+from tests.support.graphs import echo_graph
 from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import RedisServer
 from tests.support.redis_cluster import StateRedis
@@ -68,17 +69,6 @@ async def history(api: str, graph: Any, config: Any) -> list[Any]:
     if api == "sync":
         return await asyncio.to_thread(lambda: list(graph.get_state_history(config)))
     return [s async for s in graph.aget_state_history(config)]
-
-
-def echo_graph(saver: RedisCheckpointSaver) -> Any:
-    def reply(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [AIMessage(content=f"echo: {state['messages'][-1].content}")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("reply", reply)
-    builder.add_edge(START, "reply")
-    builder.add_edge("reply", END)
-    return builder.compile(checkpointer=saver)
 
 
 @API

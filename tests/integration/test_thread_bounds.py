@@ -21,8 +21,8 @@ from typing import Annotated, Any, TypedDict
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langchain_core.messages import HumanMessage
+from langgraph.graph import END, START, StateGraph
 
 from bench.checkpoint import history_graph
 from rillet_runtime.events import (
@@ -36,6 +36,7 @@ from rillet_runtime.state import TimedMemorySaver, serializer
 from rillet_runtime.state.checkpoint import RedisCheckpointSaver, ThreadKeys
 from rillet_runtime.state.checkpoint.keys import escape
 from rillet_runtime.state.run_log import MemoryRunLog, RedisRunLog, RunLog
+from tests.support.graphs import echo_graph
 from tests.support.processes import wait_for
 from tests.support.redis_cluster import StateRedis, state_redis
 from tests.support.servers import FakeLLM, Process, fake_llm_process, rillet_server
@@ -66,19 +67,6 @@ async def saver_on(store: StateRedis | None, **bounds: int) -> AsyncIterator[Any
         return
     async with RedisCheckpointSaver.connect(store.url, cluster=store.cluster, **bounds) as saver:
         yield saver
-
-
-def echo_graph(saver: Any) -> Any:
-    """Each turn: the question in, its echo out; three checkpoints (input, two steps)."""
-
-    def reply(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [AIMessage(content=f"echo: {state['messages'][-1].content}")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("reply", reply)
-    builder.add_edge(START, "reply")
-    builder.add_edge("reply", END)
-    return builder.compile(checkpointer=saver)
 
 
 class Latest(TypedDict):

@@ -1,5 +1,6 @@
-"""User graphs the tests serve with `rillet serve` (`RILLET_GRAPH=tests.support.graphs:...`;
-the server needs the repository root on its PYTHONPATH)."""
+"""Graphs the tests use: user graphs served with `rillet serve`
+(`RILLET_GRAPH=tests.support.graphs:...`; the server needs the repository root on its
+PYTHONPATH), and a compiled one for driving a checkpointer directly."""
 
 from __future__ import annotations
 
@@ -8,10 +9,23 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
-from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import interrupt
 
 from rillet_runtime.graph import GraphDeps
+
+
+def echo_graph(saver: Any) -> Any:
+    """Each turn: the question in, its echo out; three checkpoints (input, two steps)."""
+
+    def reply(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage(content=f"echo: {state['messages'][-1].content}")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("reply", reply)
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    return builder.compile(checkpointer=saver)
 
 
 def drafted_then_reviewed(deps: GraphDeps) -> StateGraph[Any]:
