@@ -74,7 +74,7 @@ class ChatAnswer(BaseModel):
         "whole, but this turn is not in the thread"
     )
     state_saved_error: str | None = Field(
-        None, description="why it was not saved: state_full or state_unavailable"
+        None, description="why it was not saved: state_full, state_unavailable or thread_too_large"
     )
 
 
