@@ -105,6 +105,12 @@ class RunLog(ABC):
         shorter than the beats are apart."""
         return max(self.ttl_ms, _OWNER_TTL_MS)
 
+    def kept_ms(self, batch: tuple[RunEvent, ...]) -> int:
+        """How long appending `batch` keeps the log: `ttl_ms` from a terminal event, else as
+        long as a beat does, since the run's first beat may come before its first event
+        (and so before its log exists to be kept) and the next one a second later."""
+        return self.ttl_ms if any(event.event in TERMINAL for event in batch) else self.beat_ms
+
     @abstractmethod
     async def append(self, run_id: str, *batch: RunEvent) -> None: ...
 
@@ -146,6 +152,7 @@ class RunLog(ABC):
         """
         detached_at: list[float] = [] if origin is not None else [time.monotonic()]
         unwritten: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+        ending = asyncio.Event()
 
         async def write_behind() -> None:
             """Appends off the token path: each round trip takes every event that arrived
@@ -168,8 +175,9 @@ class RunLog(ABC):
         async def keep_alive() -> None:
             """Each second while the run lives, events or not (a node may think for long):
             its owner key stays, a follower reading extends the grace, and past the grace
-            the run is stopped."""
-            while True:
+            the run is stopped. Ends between beats, never mid-beat: a beat landing after the
+            terminal event would bring the owner back and keep the ended run's log longer."""
+            while not ending.is_set():
                 now = time.monotonic()
                 with contextlib.suppress(redis.RedisError):
                     if await self.beat(run_id) and detached_at:
@@ -178,7 +186,8 @@ class RunLog(ABC):
                     log.info("run %s: nobody resumed within the grace period; cancelling", run_id)
                     task.cancel()
                     return
-                await asyncio.sleep(_BEAT_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ending.wait(), _BEAT_SECONDS)
 
         async def pump() -> None:
             writer = self.spawn(write_behind(), f"run-log-{run_id}")
@@ -189,8 +198,9 @@ class RunLog(ABC):
                         await origin.put(event)
                     unwritten.put_nowait(event)
             finally:
-                beating.cancel()
+                ending.set()
                 await events.aclose()
+                await asyncio.wait([beating])  # its last beat lands before the terminal event
                 unwritten.put_nowait(None)
                 await asyncio.shield(writer)  # the terminal event is logged before we end
                 self.ended(run_id)
@@ -235,7 +245,9 @@ class RedisRunLog(RunLog):
         return bool(await self.client.exists(run_key(run_id, "owner")))
 
     async def append(self, run_id: str, *batch: RunEvent) -> None:
-        """Append events in one round trip (a pipeline of XADDs, their TTL, the owner)."""
+        """Append events in one round trip (a pipeline of XADDs, their TTL, the owner). The
+        terminal event is added before the owner key goes: a follower that finds no owner
+        then finds the event (see `follow`)."""
         events, owner, _ = _keys(run_id)
         pipe = self.client.pipeline(transaction=False)
         for event in batch:
@@ -246,7 +258,7 @@ class RedisRunLog(RunLog):
                 maxlen=self.max_events,
                 approximate=True,
             )
-        pipe.pexpire(events, self.ttl_ms)
+        pipe.pexpire(events, self.kept_ms(batch))
         if any(event.event in TERMINAL for event in batch):
             pipe.delete(owner)
         for reply in await pipe.execute(raise_on_error=False):
@@ -255,8 +267,9 @@ class RedisRunLog(RunLog):
                 raise reply
 
     async def beat(self, run_id: str) -> bool:
-        """Keep the owner key alive, and the log (it expires `ttl_ms` after the last event
-        or beat, so a quiet run keeps what it logged); True while some resumer is reading."""
+        """Keep the owner key alive, and the log (a live run's log lasts `beat_ms` after its
+        last event or beat, so a quiet run keeps what it logged); True while some resumer is
+        reading."""
         events, owner, reader = _keys(run_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.set(owner, "1", px=_OWNER_TTL_MS)
@@ -276,9 +289,15 @@ class RedisRunLog(RunLog):
         self, run_id: str, last_event_id: int | None
     ) -> AsyncGenerator[RunEvent] | None:
         events, owner, reader = _keys(run_id)
-        newest = await self.client.xrevrange(events, count=1)
+        # The owner is read before the log (in order, on one connection): a run that ends
+        # between the two reads has its terminal event logged by then, so it is never seen
+        # with neither.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(owner)
+        pipe.xrevrange(events, count=1)
+        publishing, newest = await pipe.execute()
         if not newest:  # nothing logged yet: known if its publisher beats
-            if not await self.client.exists(owner):
+            if not publishing:
                 return None
             return self._follow(events, owner, reader, last_event_id or 0)
         if last_event_id is None:  # from now on: nothing if the run is over
@@ -353,7 +372,7 @@ class MemoryRunLog(RunLog):
         return logged
 
     async def append(self, run_id: str, *batch: RunEvent) -> None:
-        logged = self._kept(run_id, self.ttl_ms)
+        logged = self._kept(run_id, self.kept_ms(batch))
         logged.events += batch
         del logged.events[: -self.max_events]
         logged.wake()
