@@ -580,7 +580,7 @@ def test_rillet_serve_answers_a_corrupt_thread_with_state_corrupt(
 ) -> None:
     """Through the API: reading, continuing and streaming a thread whose blob is gone give
     500 `state_corrupt` (an `error` event on a stream), no stack trace; the log names it.
-    Deleting it works."""
+    Deleting it works, through either API."""
     keys = write_api_keys(tmp_path / "keys", {"alice": "key-alice-0123456789"})
     headers = {"Authorization": "Bearer key-alice-0123456789"}
     settings = {**state_redis.settings(), **api_key_settings(keys)}
@@ -606,4 +606,11 @@ def test_rillet_serve_answers_a_corrupt_thread_with_state_corrupt(
         # It cannot be read, but it can be deleted, and then it is gone.
         assert client.delete("/v1/threads/to-corrupt").status_code == 204
         assert client.get("/v1/threads/to-corrupt").status_code == 404
+        # LangGraph's API deletes a damaged thread too.
+        body = {"message": "How do I install Rillet?", "thread_id": "to-corrupt-too"}
+        assert client.post("/v1/chat", json=body).status_code == 200
+        assert overwrite_channel(state_redis, "to-corrupt-too", "messages", None)
+        assert client.get("/threads/to-corrupt-too").json()["error"]["code"] == "state_corrupt"
+        assert client.delete("/threads/to-corrupt-too").status_code == 204
+        assert client.get("/threads/to-corrupt-too").status_code == 404
     assert "channel 'messages' is missing" in server.log.read_text()

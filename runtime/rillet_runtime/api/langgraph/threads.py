@@ -4,6 +4,7 @@ Another principal's thread of the same id is a thread of its own: 404 here, neve
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Annotated, Any
 
@@ -38,6 +39,7 @@ from rillet_runtime.api.langgraph.shapes import (
 )
 from rillet_runtime.app_state import Runtime
 from rillet_runtime.auth import Principal
+from rillet_runtime.events import CheckpointCorrupt
 from rillet_runtime.state.threads import ThreadRecord, now_iso
 
 router = APIRouter(
@@ -151,7 +153,9 @@ async def patch_thread(
 async def delete_thread(
     thread_id: ThreadIdPath, runtime: RuntimeDep, principal: PrincipalDep
 ) -> Response:
-    await own_thread(runtime, principal, thread_id)
+    # A damaged thread exists (something of it is stored) and can only be deleted.
+    with contextlib.suppress(CheckpointCorrupt):
+        await own_thread(runtime, principal, thread_id)
     await remove_thread(runtime, principal, thread_id)
     return Response(status_code=204)
 
