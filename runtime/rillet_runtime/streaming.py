@@ -299,7 +299,8 @@ async def _unsaved(request: RunRequest, failure: BaseException) -> dict[str, Any
     """A save of the run failed (Redis unreachable, or full): the answer stands, but the turn
     is taken back out of the thread, so it holds the turn whole or not at all. What the run
     did save goes (when Redis lets it; deletes are allowed even at its memory limit), and
-    the end says why: `state_saved_error` is `state_full` or `state_unavailable`."""
+    the end says why: `state_saved_error` is `state_full`, `state_unavailable` or
+    `thread_too_large`."""
     code = classify_error(failure).code
     log.warning("run %s: state not saved (%s): %r", request.run_id, code, failure)
     STATE_ERRORS.labels(code, "checkpoint_save").inc()
