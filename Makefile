@@ -173,7 +173,7 @@ bench-retrieval: venv ## the embedded index as served: 100k and 1M vectors, k=3/
 	$(PY) -m bench.retrieval --vectors 100000 --out bench-results/retrieval
 	$(PY) -m bench.retrieval --vectors 1000000 --out bench-results/retrieval
 
-bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
+bench: venv redis-server test-servers control-plane $(LANGGRAPH_VENV)/.installed ## every benchmark (writes bench-results/)
 	$(PY) -m bench.streaming --out bench-results --langgraph-venv $(LANGGRAPH_VENV)
 	$(PY) -m bench.checkpoint --out bench-results
 	$(PY) -m bench.durability --out bench-results
@@ -181,7 +181,7 @@ bench: venv redis-server control-plane $(LANGGRAPH_VENV)/.installed ## every ben
 	$(PY) -m bench.autoscaling --measure --out bench-results
 	$(PY) -m bench.auth --out bench-results --rounds 8
 
-bench-durability: venv redis-server ## checkpoint writes with and without AOF; a killed Redis's recovery time
+bench-durability: venv redis-server test-servers ## checkpoint writes with and without AOF, a killed Redis's recovery, Redis 200 ms away (Toxiproxy), retention
 	$(PY) -m bench.durability --out bench-results
 
 bench-auth: venv redis-server ## what authentication and per-principal limits add per stream (none vs API keys vs JWT)

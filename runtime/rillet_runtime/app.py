@@ -22,8 +22,8 @@ from rillet_runtime.api.errors import (
     BodyLimitMiddleware,
     checkpoint_pruned_handler,
     http_exception_handler,
+    redis_reply_handler,
     state_corrupt_handler,
-    state_full_handler,
     state_unavailable_handler,
     thread_too_large_handler,
     unhandled_exception_handler,
@@ -105,8 +105,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(CheckpointCorrupt, state_corrupt_handler)  # type: ignore[arg-type]
     app.add_exception_handler(CheckpointPruned, checkpoint_pruned_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ThreadTooLarge, thread_too_large_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(redis.ResponseError, state_full_handler)  # type: ignore[arg-type]
-    for unreachable in (redis.ConnectionError, redis.TimeoutError):
+    app.add_exception_handler(redis.ResponseError, redis_reply_handler)  # type: ignore[arg-type]
+    # ClusterError covers CLUSTERDOWN and MASTERDOWN (also reply errors) and redirects that
+    # ran out of attempts: a cluster failing over.
+    for unreachable in (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError):
         app.add_exception_handler(unreachable, state_unavailable_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unhandled_exception_handler)
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # never touches text/event-stream

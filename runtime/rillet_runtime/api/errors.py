@@ -156,18 +156,23 @@ async def state_corrupt_handler(request: Request, exc: CheckpointCorrupt) -> JSO
     return error_response(500, info.code, info.message)
 
 
-async def state_full_handler(request: Request, exc: redis.ResponseError) -> JSONResponse:
-    """503 `state_full` (with Retry-After) for a write Redis refused at its memory limit
-    anywhere outside a run (a thread record, a state update); any other reply error is
-    unexpected: 500."""
-    if not refused_for_memory(exc):
+# Replies that say "not now" rather than "wrong": a cluster moving a slot (TRYAGAIN).
+_TRY_AGAIN = (redis.exceptions.TryAgainError,)
+
+
+async def redis_reply_handler(request: Request, exc: redis.ResponseError) -> JSONResponse:
+    """503 (with Retry-After) for a reply error outside a run that a retry may cure: a write
+    Redis refused at its memory limit (`state_full`), or a cluster asking to try again
+    (`state_unavailable`); any other reply error is unexpected: 500."""
+    if not (refused_for_memory(exc) or isinstance(exc, _TRY_AGAIN)):
         return await unhandled_exception_handler(request, exc)
     return _state_refused(request, exc)
 
 
 async def state_unavailable_handler(request: Request, exc: redis.RedisError) -> JSONResponse:
-    """503 `state_unavailable` (with Retry-After) when Redis cannot be reached outside a run
-    (a thread read, a resume, a delete): a retryable answer, not a 500."""
+    """503 `state_unavailable` (with Retry-After) when Redis cannot be reached, or a cluster
+    is failing over, outside a run (a thread read, a resume, a delete): a retryable answer,
+    not a 500."""
     return _state_refused(request, exc)
 
 
