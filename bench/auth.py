@@ -81,6 +81,36 @@ def _env(port: int, workdir: Path, redis_url: str, fake_url: str, **extra: str) 
     }
 
 
+def fake_model(stack: ExitStack, workdir: Path) -> str:
+    """The fake model at TTFT_MS to the first token, TOKEN_DELAY_MS between tokens; its URL."""
+    port = free_port()
+    command = [
+        "rillet", "fake-llm", "--port", str(port), "--ttft-ms", str(TTFT_MS),
+        "--token-delay-ms", str(TOKEN_DELAY_MS), "--answer-tokens", str(ANSWER_TOKENS),
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    stack.enter_context(started(command, {}, f"{url}/_fake/stats", workdir / "fake.log"))
+    return url
+
+
+def serve(
+    stack: ExitStack,
+    workdir: Path,
+    name: str,
+    redis_url: str,
+    fake_url: str,
+    api_key: str | None = None,
+    **extra: str,
+) -> Server:
+    """`rillet serve`, one worker, on that Redis and the fake model, until `stack` closes."""
+    port = free_port()
+    env = _env(port, workdir, redis_url, fake_url, **extra)
+    url = f"http://127.0.0.1:{port}"
+    log = workdir / f"serve-{port}.log"
+    proc = stack.enter_context(started(["rillet", "serve"], env, f"{url}/readyz", log))
+    return Server(name, url, loadgen.APIS["rillet"], "rillet", proc, api_key)
+
+
 def _median(rows: list[dict[str, Any]], *path: str) -> float | None:
     values = []
     for row in rows:
@@ -194,8 +224,6 @@ def main() -> None:
     keys = write_api_keys(workdir / "keys", {"bench": "bench-key-0123456789"})
     redis = RedisServer(workdir / "redis")
     redis.start()
-    fake_port = free_port()
-    fake_url = f"http://127.0.0.1:{fake_port}"
     modes: dict[str, tuple[dict[str, str], str | None]] = {
         "none": ({}, None),
         "api_keys": (
@@ -214,19 +242,11 @@ def main() -> None:
     }
     try:
         with ExitStack() as stack:
-            fake = [
-                "rillet", "fake-llm", "--port", str(fake_port), "--ttft-ms", str(TTFT_MS),
-                "--token-delay-ms", str(TOKEN_DELAY_MS), "--answer-tokens", str(ANSWER_TOKENS),
-            ]  # fmt: skip
-            stack.enter_context(started(fake, {}, f"{fake_url}/_fake/stats", workdir / "fake.log"))
-            servers = []
-            for name, (extra, api_key) in modes.items():
-                port = free_port()
-                env = _env(port, workdir, redis.url, fake_url, **extra)
-                url = f"http://127.0.0.1:{port}"
-                log = workdir / f"{name}.log"
-                proc = stack.enter_context(started(["rillet", "serve"], env, f"{url}/readyz", log))
-                servers.append(Server(name, url, loadgen.APIS["rillet"], "rillet", proc, api_key))
+            fake_url = fake_model(stack, workdir)
+            servers = [
+                serve(stack, workdir, name, redis.url, fake_url, api_key, **extra)
+                for name, (extra, api_key) in modes.items()
+            ]
             waves = asyncio.run(run(servers, args.streams, args.rounds))
         admission = asyncio.run(
             admission_costs(redis.url, keys, public_pem, token, args.admissions)

@@ -49,17 +49,15 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 
-from bench.auth import _env, summarize
+from bench.auth import fake_model, serve, summarize
 from bench.auth import run as alternate_waves
 from bench.checkpoint import Prose, conversation, history_graph, percentiles_ms, thread_bytes
-from bench.streaming import Server, started
-from rillet_runtime import loadgen
 from rillet_runtime.graph import graph_deps
 from rillet_runtime.graph.rag import build_rag_graph
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import RedisCheckpointSaver
-from tests.support.processes import RedisServer, free_port
+from tests.support.processes import RedisServer
 from tests.support.toxiproxy import toxiproxy_server
 
 PERSISTENCE = {
@@ -191,21 +189,12 @@ def recovery(workdir: Path, prose: Prose, threads: int) -> list[dict[str, Any]]:
         server.kill()
 
 
-TTFT_MS, TOKEN_DELAY_MS, ANSWER_TOKENS = 200, 20, 50
-
-
 def slow_redis(workdir: Path, latency_ms: int, streams: int, rounds: int) -> dict[str, Any]:
     redis_server = RedisServer(workdir / "token-path")
     redis_server.start()
-    fake_port = free_port()
-    fake_url = f"http://127.0.0.1:{fake_port}"
     try:
         with ExitStack() as stack:
-            fake = [
-                "rillet", "fake-llm", "--port", str(fake_port), "--ttft-ms", str(TTFT_MS),
-                "--token-delay-ms", str(TOKEN_DELAY_MS), "--answer-tokens", str(ANSWER_TOKENS),
-            ]  # fmt: skip
-            stack.enter_context(started(fake, {}, f"{fake_url}/_fake/stats", workdir / "fake.log"))
+            fake_url = fake_model(stack, workdir)
             toxiproxy = stack.enter_context(toxiproxy_server(workdir))
             proxy = toxiproxy.proxy("redis", f"127.0.0.1:{redis_server.port}")
             proxy.add("latency", latency=latency_ms)
@@ -213,16 +202,11 @@ def slow_redis(workdir: Path, latency_ms: int, streams: int, rounds: int) -> dic
                 "no toxic": redis_server.url,
                 f"redis +{latency_ms} ms": f"redis://{proxy.address}/0",
             }
-            servers = []
-            for name, redis_url in routes.items():
-                port = free_port()
-                env = _env(
-                    port, workdir, redis_url, fake_url, RILLET_STATE__REDIS_TIMEOUT_SECONDS="5"
-                )
-                url = f"http://127.0.0.1:{port}"
-                log = workdir / f"serve-{port}.log"
-                proc = stack.enter_context(started(["rillet", "serve"], env, f"{url}/readyz", log))
-                servers.append(Server(name, url, loadgen.APIS["rillet"], "rillet", proc))
+            servers = [
+                serve(stack, workdir, name, redis_url, fake_url,
+                      RILLET_STATE__REDIS_TIMEOUT_SECONDS="5")
+                for name, redis_url in routes.items()
+            ]  # fmt: skip
             waves = asyncio.run(alternate_waves(servers, streams, rounds))
     finally:
         redis_server.kill()
