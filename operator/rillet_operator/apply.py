@@ -113,13 +113,24 @@ async def _apply_children(
     missing_apis: list[str] = []
     for manifest in desired:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
+        label = f"{kind} {name}"
         try:
             after = await client.apply(manifest)
         except NotServed:
             missing_apis.append(manifest["apiVersion"])
             continue
+        except ApiError:
+            if not (pinned := manifest["metadata"].get("uid")):
+                raise
+            now = await client.get(
+                manifest["apiVersion"], kind, name, manifest["metadata"]["namespace"]
+            )
+            if now and now["metadata"]["uid"] == pinned:
+                raise
+            # Refused because the object it was pinned to went (409) or was made again (422).
+            log.info("%s was deleted while being applied; its deletion reconciles again", label)
+            continue
         live[kind, name] = after
-        label = f"{kind} {name}"
         previous = before.get((kind, name))
         if previous is None:
             outcome.created.append(label)
@@ -177,14 +188,22 @@ async def reconcile(
     # The managed Redis's StatefulSet first: its claim template cannot change in place.
     redis_name = redis_service_name(cs.name)
     before: dict[Key, dict[str, Any] | None] = {}
-    password, persistence = None, None
+    password, persistence, kept_uid = None, None, None
     if managed_redis:
         password = await redis_password(client, cs)
         live_redis = await client.get("apps/v1", "StatefulSet", redis_name, cs.namespace)
         before["StatefulSet", redis_name] = live_redis
         if live_redis and controlled_by(live_redis, cs.uid):
             persistence = persistence_to_apply(cs, live_redis)
+            kept_uid = live_redis["metadata"]["uid"]
     desired = children(cs, password, prometheus_url, isolation, persistence)
+    if kept_uid:
+        # The claim template was chosen from this very StatefulSet: the apply may update it,
+        # never make it again (a `kubectl delete --cascade=orphan` between our read and our
+        # apply). With its uid in the manifest the API server refuses that instead, and the
+        # deletion's own event reconciles again with the spec's template.
+        (redis_set,) = (m for m in desired if m["kind"] == "StatefulSet")
+        redis_set["metadata"]["uid"] = kept_uid
     first_key = first_key_secret_name(cs.name)
     wants_first_key = api_keys_secret(cs.name, cs.spec) == first_key
 

@@ -5,9 +5,15 @@ and a move to an external Redis. KWOK runs no container: these tests check the o
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+from kubernetes.client import Configuration
+from kubernetes.config import load_kube_config
+
+from rillet_operator.apply import reconcile
+from rillet_operator.kube import Kube
 from testcluster import TestCluster
 from testcluster.operator import OperatorProcess
 from tests.e2e.kube import chat_service, condition, manifest, wait_condition, wait_for, wait_ready
@@ -217,6 +223,71 @@ def test_a_claim_change_is_reported_not_retried(
     kept = claim(cluster, namespace, "data-grow-redis-0")
     assert kept is not None
     assert kept["metadata"]["uid"] == data["metadata"]["uid"]
+
+
+class DeletedAfterRead(Kube):
+    """The race `kubectl delete statefulset --cascade=orphan` can win: the StatefulSet goes
+    after the reconcile has read it (and chosen to keep its claim template) but before the
+    apply."""
+
+    def __init__(self, cluster: TestCluster, statefulset: str) -> None:
+        configuration = Configuration()
+        load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(cluster.kubeconfig), client_configuration=configuration
+        )
+        super().__init__(configuration)
+        self.cluster, self.statefulset, self.deleted = cluster, statefulset, False
+
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str
+    ) -> dict[str, Any] | None:
+        found = await super().get(api_version, kind, name, namespace)
+        if kind == "StatefulSet" and name == self.statefulset and not self.deleted:
+            self.deleted = True
+            await asyncio.to_thread(
+                self.cluster.kubectl,
+                "delete",
+                "-n",
+                namespace,
+                "statefulset",
+                name,
+                "--cascade=orphan",
+                "--wait",
+            )
+        return found
+
+
+async def test_a_statefulset_deleted_mid_reconcile_is_not_made_again_with_the_kept_claim(
+    cluster: TestCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """A StatefulSet kept for its claim template is only ever updated: when it is deleted
+    between the reconcile's read and its apply, the apply is refused (409, its uid) rather
+    than making it again with the old template, and the deletion's event makes it anew with
+    the spec's."""
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=manifest("race", replicas=1, **REDIS)
+    )
+    wait_ready(cluster, namespace, "race")
+    patch(cluster, namespace, "race", {"redis": {"managed": {"persistence": {"size": "3Gi"}}}})
+    wait_condition(cluster, namespace, "race", "Degraded", "True")
+    old = cluster.get_json("-n", namespace, "statefulset", "race-redis")
+
+    client = DeletedAfterRead(cluster, "race-redis")
+    try:
+        await reconcile(client, chat_service(cluster, namespace, "race"))
+    finally:
+        client.close()
+    assert client.deleted
+
+    def remade() -> dict[str, Any] | None:
+        found = cluster.kubectl(
+            "get", "-n", namespace, "statefulset", "race-redis", "-o", "json", check=False
+        )
+        made = json.loads(found.stdout) if found.returncode == 0 else None
+        return made if made and made["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+    (template,) = wait_for("the StatefulSet made again", remade)["spec"]["volumeClaimTemplates"]
+    assert template["spec"]["resources"]["requests"]["storage"] == "3Gi"
 
 
 def test_moving_to_an_external_redis_leaves_the_claim_and_says_so(
