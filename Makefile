@@ -3,6 +3,10 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# The one version is pyproject.toml's; the chart, the image tag and `rillet --version` agree
+# with it (tests/unit/test_version.py). REVISION is the commit an artifact is built from.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+REVISION := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 CACHE_DIR ?= $(or $(RILLET_CACHE),$(XDG_CACHE_HOME),$(HOME)/.cache)/rillet
 # The venv's third-party packages are keyed by pyproject.toml, so every checkout (and CI's
 # fresh clone) reuses them; the project itself is installed editable on top (`rillet` in the
