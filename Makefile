@@ -20,7 +20,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests test test-unit \
+.PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests chart test test-unit \
 	test-integration test-faults test-e2e test-lower-bounds lint format bench bench-auth bench-durability bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
@@ -87,8 +87,20 @@ constraints: ## re-pin the image's dependencies (constraints.txt) from a clean i
 	{ echo "# The image's dependencies, pinned: \`make constraints\` rewrites this file."; \
 	  $(CACHE_DIR)/constraints-venv/bin/pip freeze --exclude rillet; } > constraints.txt
 
-manifests: venv ## regenerate crds/ and docs/reference/ from the operator's spec model
+manifests: venv ## regenerate crds/, docs/reference/ (the spec model's) and the chart's README (its values')
 	$(PY) -m rillet_operator.crd
+	$(PY) -m charts.readme
+
+# The chart as a chart repository: packages of charts/rillet with version and appVersion
+# $(VERSION), and their index.yaml, in CHART_REPO. Its URLs are relative, so the folder works
+# wherever it is served; CHART_REPO_URL makes them absolute. HELM: default the one
+# `make control-plane` builds.
+CHART_REPO ?= dist/charts
+CHART_REPO_URL ?=
+HELM ?=
+chart: venv $(if $(HELM),,control-plane) ## package the chart (the project's version) and index it as a chart repository in dist/charts/
+	$(PY) -m charts.repository --version $(VERSION) --out $(CHART_REPO) \
+	  $(if $(CHART_REPO_URL),--url $(CHART_REPO_URL)) $(if $(HELM),--helm $(HELM))
 
 test: venv redis-server chromium js-clients test-servers control-plane lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
 	$(PY) -m pytest

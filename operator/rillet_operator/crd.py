@@ -198,7 +198,8 @@ def render_chart_crd() -> str:
     )
 
 
-def _constraints(node: dict[str, Any]) -> str:
+def schema_constraints(node: dict[str, Any]) -> str:
+    """A JSON schema node's limits as a table cell (the chart README lists its values' so too)."""
     parts = []
     if "enum" in node:
         parts.append(" \\| ".join(f"`{v}`" for v in node["enum"]))
@@ -228,7 +229,7 @@ def _rows(node: dict[str, Any], path: str) -> list[str]:
             kind = "map of quantities" if "additionalProperties" in child else kind
         default = child.get("default")
         shown = "" if default is None or isinstance(default, dict) else f"`{json.dumps(default)}`"
-        note = "; ".join(x for x in (child.get("description", ""), _constraints(child)) if x)
+        note = "; ".join(x for x in (child.get("description", ""), schema_constraints(child)) if x)
         rows.append(f"| `{child_path}` | {kind} | {shown} | {note} |")
     return rows
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ROOT / "runtime" / "rillet_runtime"
 OPERATOR = ROOT / "operator" / "rillet_operator"
 OWN = {"rillet_runtime", "rillet_operator"}
-TOOLING = {"bench", "tests", "testcluster"}
+TOOLING = {"bench", "charts", "tests", "testcluster"}
 # The `chroma` extra ships Chroma's thin HTTP client, which provides the same module as the
 # full `chromadb` the tests install.
 PROVIDED_BY = {"chromadb": "chromadb-client"}
