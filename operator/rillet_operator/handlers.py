@@ -16,6 +16,9 @@ from rillet_operator.loops import Operator
 from rillet_operator.meta import MANAGER
 from rillet_operator.settings import OperatorSettings
 from rillet_operator.spec import GROUP, PLURAL, VERSION
+from rillet_runtime.version import describe
+
+log = logging.getLogger(__name__)
 
 # Not Secrets: watching them needs list and watch on every Secret in the watched
 # namespaces, which the operator must not have. It reads the Secrets it needs by name
@@ -42,6 +45,7 @@ def _operator(memo: Any) -> Operator:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """kopf's own settings (`settings`), then the operator, from ours (`memo.settings`)."""
+    log.info("starting %s", describe())
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -29,12 +29,13 @@ from rillet_runtime.settings import (
     SENTINEL_ADDRESS_PATTERN,
     SENTINEL_PORT,
 )
+from rillet_runtime.version import default_image
 
 GROUP = "rillet.dev"
 VERSION = "v1alpha1"
 KIND = "ChatService"
 PLURAL = "chatservices"
-DEFAULT_IMAGE = "ghcr.io/rillet-dev/rillet:0.1.0"
+DEFAULT_IMAGE = default_image()  # this version's; `make manifests` carries it into the CRD
 
 Quantity = str  # a Kubernetes quantity ("256Mi", "500m"); the API server parses it
 # A size in bytes as Kubernetes writes it ("512Mi", "20Gi", "1G"): refused at `kubectl apply`

@@ -37,6 +37,7 @@ from rillet_runtime.metrics import STREAM_CAPACITY
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.settings import Settings
 from rillet_runtime.state import open_state
+from rillet_runtime.version import version
 
 log = logging.getLogger(__name__)
 CORS_METHODS = ["GET", "POST", "PATCH", "DELETE"]  # every method the APIs route
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     # behind a principal, when server.docs is on.
     app = FastAPI(
         title="Rillet runtime",
-        version="0.1.0",
+        version=version(),
         lifespan=lifespan,
         openapi_url=None,
         docs_url=None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import ipaddress
+import logging
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import typer
 from pydantic import ValidationError
 
 from rillet_runtime.settings import Settings
+from rillet_runtime.version import describe
 
 if TYPE_CHECKING:  # imported where used: `rillet serve` should not load the bench
     from rillet_runtime import loadgen
@@ -29,6 +31,24 @@ T = TypeVar("T")
 INDEX_PATH_ENV = "RILLET_RETRIEVAL__EMBEDDED__PATH"
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(describe())
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Options before any command."""
 
 
 def load_settings() -> Settings:
@@ -309,6 +329,9 @@ def operator(
         raise typer.Exit(2) from None
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
+    # kopf's format (time, logger, level); its own chatter stays at warnings, ours at info.
+    kopf.configure(quiet=True)
+    logging.getLogger("rillet_operator").setLevel(logging.INFO)
     # kopf names itself after the user otherwise, which fails for a uid without a passwd
     # entry (any runAsUser the image does not know); in a pod the hostname is the pod name.
     os.environ.setdefault("POD_ID", socket.gethostname())

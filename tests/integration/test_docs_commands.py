@@ -1,9 +1,9 @@
 """Every `rillet` command the docs show runs as written, with the installed `rillet` command.
 
-Those that need no cluster and no running endpoint (ingest, query, render, --help) run for
-real, in doc order, in a folder holding the files they name; the rest (serve, operator,
-bench against an endpoint) are parsed by the CLI itself, so a renamed or removed option
-fails here."""
+Those that need no cluster and no running endpoint (ingest, query, render, --help,
+--version) run for real, in doc order, in a folder holding the files they name; the rest
+(serve, operator, bench against an endpoint) are parsed by the CLI itself, so a renamed or
+removed option fails here."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import pytest
 from typer.main import get_command
 
 from rillet_runtime.cli import app
+from rillet_runtime.version import version
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_FOR_REAL = {"ingest", "query", "render", "--help"}
+RUN_FOR_REAL = {"ingest", "query", "render", "--help", "--version"}
 FENCE = re.compile(r"^\s*```[^\n]*\n(.*?)^\s*```", re.S | re.M)
 COMMAND = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S*\s+)*)rillet(\s.*)$")
 
@@ -95,3 +96,4 @@ def test_commands_without_a_cluster_run_as_written(workdir: Path) -> None:
     assert "2 files" in outputs["ingest"]
     assert "Refunds" in outputs["query"]
     assert "kind: Deployment" in outputs["render"]
+    assert outputs["--version"] == f"rillet {version()} (revision unknown)\n"  # no image here

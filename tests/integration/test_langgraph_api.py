@@ -25,6 +25,7 @@ from langgraph_sdk.schema import Command, StreamPart
 
 from rillet_runtime.api.langgraph.shapes import assistant_id
 from rillet_runtime.fakellm import answer_tokens
+from rillet_runtime.version import REVISION_ENV, version
 from tests.support.keys import api_key_settings, write_api_keys
 from tests.support.processes import wait_for
 from tests.support.redis_cluster import StateRedis
@@ -35,6 +36,7 @@ EXPECTED = "".join(answer_tokens(TOKENS))
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
 ROOT = Path(__file__).resolve().parents[2]
 QUESTION = {"messages": [{"role": "user", "content": "what is rillet?"}]}
+REVISION = "0123456789ab"
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,10 @@ def _settings(module_tmp: Path, fake: FakeLLM, store: StateRedis) -> dict[str, s
 
 @pytest.fixture(scope="module")
 def server(module_tmp: Path, fake: FakeLLM, state_redis: StateRedis) -> Iterator[Process]:
-    with rillet_server(module_tmp, workers=2, **_settings(module_tmp, fake, state_redis)) as p:
-        yield p
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(REVISION_ENV, REVISION)  # as the image sets it from its build argument
+        with rillet_server(module_tmp, workers=2, **_settings(module_tmp, fake, state_redis)) as p:
+            yield p
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +109,29 @@ def test_the_served_graph_is_an_assistant(server: Process) -> None:
     assert "messages" in schemas["input_schema"]["properties"]
     assert httpx.get(f"{server.url}/ok", timeout=10).json() == {"ok": True}
     assert httpx.get(f"{server.url}/info", timeout=10).status_code == 401
+
+
+def test_info_names_the_version_the_revision_and_what_is_enabled(
+    server: Process, state_redis: StateRedis
+) -> None:
+    info = httpx.get(f"{server.url}/info", headers={"x-api-key": KEYS["alice"]}, timeout=10)
+    assert info.status_code == 200
+    body = info.json()
+    assert (body["version"], body["revision"]) == (version(), REVISION)
+    assert body["flags"]["assistants"] is True  # LangGraph's shape, which its UIs read
+    assert body["features"] == {
+        "graph": "built-in",
+        "model": "openai",
+        "fallback_model": None,
+        "retrieval": "embedded",
+        "hybrid_search": True,
+        "embeddings": "offline",
+        "state": "redis-cluster" if state_redis.cluster else "redis",
+        "auth": "api_keys",
+        "response_cache": False,
+        "resumable_streams": True,
+        "docs": False,
+    }
 
 
 def test_threads_belong_to_their_principal(server: Process) -> None:

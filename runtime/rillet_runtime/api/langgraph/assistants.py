@@ -1,12 +1,12 @@
 """Assistants: the graph a pod serves is one assistant (`graph_id` from settings, its
 `assistant_id` the uuid5 LangGraph's server gives a graph's own assistant). Making other
 assistants is refused clearly. `GET /info` lives here too (LangGraph's `GET /ok` probe is
-with the others, in api/ops.py)."""
+with the others, in api/ops.py): LangGraph's shape, plus the revision and what the settings
+turn on, so "which build, configured how?" has one authenticated answer."""
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,15 +17,13 @@ from rillet_runtime.api.errors import ERROR_RESPONSES, ApiError
 from rillet_runtime.api.langgraph.models import AssistantSearch
 from rillet_runtime.api.langgraph.shapes import assistant_id, assistant_json, contains
 from rillet_runtime.app_state import Runtime
+from rillet_runtime.settings import Settings
+from rillet_runtime.version import revision, version
 
 router = APIRouter(tags=["langgraph: assistants"], responses=ERROR_RESPONSES)
 authenticated = [Depends(get_principal)]
 
 _STARTED_AT = datetime.now(UTC).isoformat()
-try:
-    _VERSION = importlib.metadata.version("rillet")
-except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
-    _VERSION = "0.0.0+unknown"
 
 AssistantPath = Annotated[str, Path(max_length=128)]
 
@@ -50,12 +48,39 @@ def _assistant(runtime: Runtime) -> dict[str, Any]:
     return assistant_json(graph_id, name, _STARTED_AT)
 
 
-@router.get("/info", dependencies=authenticated)
-async def info() -> dict[str, Any]:
+def enabled_features(settings: Settings) -> dict[str, str | bool | None]:
+    """What the settings turn on, by kind and never by address or secret."""
+    state = settings.state
+    if state.checkpointer == "memory":
+        store = "memory"
+    elif state.redis_sentinel is not None:
+        store = "redis-sentinel"
+    else:
+        store = "redis-cluster" if state.redis_cluster else "redis"
+    fallback = settings.model.fallback
     return {
-        "version": _VERSION,
+        "graph": "custom" if settings.graph else "built-in",
+        "model": settings.model.provider,
+        "fallback_model": fallback.provider if fallback else None,
+        "retrieval": settings.retrieval.provider,
+        "hybrid_search": settings.retrieval.hybrid_search,
+        "embeddings": settings.embeddings.provider,
+        "state": store,
+        "auth": settings.auth.mode,
+        "response_cache": state.response_cache,
+        "resumable_streams": settings.streaming.resumable,
+        "docs": settings.server.docs,
+    }
+
+
+@router.get("/info", dependencies=authenticated)
+async def info(runtime: RuntimeDep) -> dict[str, Any]:
+    return {
+        "version": version(),
+        "revision": revision(),
         "server": "rillet",
         "flags": {"assistants": True, "crons": False, "langsmith": False},
+        "features": enabled_features(runtime.settings),
     }
 
 
