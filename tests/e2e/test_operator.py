@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rillet_runtime.version import describe
 from testcluster import TestCluster
 from testcluster.operator import OperatorProcess
 from tests.e2e.kube import (
@@ -90,6 +91,10 @@ def test_demo_example_creates_children_and_becomes_ready(
     )
     reasons = {(e["involvedObject"]["kind"], e["reason"]) for e in events["items"]}
     assert ("ChatService", "Created") in reasons
+
+
+def test_the_operator_logs_what_runs_at_startup(operator: OperatorProcess) -> None:
+    assert f"starting {describe(operator.env)}" in operator.log_tail(chars=10**9)
 
 
 def test_the_operator_reports_its_reconciles_as_metrics(
