@@ -95,6 +95,8 @@ def assert_runs(cluster: TestCluster, version: str, revision: int, memory: str) 
     assert labels["app.kubernetes.io/version"] == version
     assert container["image"].endswith(f":{version}")  # the image tag defaults to appVersion
     assert container["resources"]["limits"]["memory"] == memory
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RILLET_OPERATOR_NAMESPACES"] == NAMESPACE  # the user's watch.scope, kept
 
 
 def test_install_upgrade_and_rollback_from_a_chart_repository(
@@ -141,8 +143,16 @@ def test_install_upgrade_and_rollback_from_a_chart_repository(
             upgrade: [f"{url}/rillet-{upgrade}.tgz"],
         }
         cluster.helm("repo", "update")
+        # The user's values and the new version's defaults (--reuse-values would keep the
+        # old version's defaults: 256Mi here).
         cluster.helm(
-            "upgrade", "rillet", "rillet/rillet", "-n", NAMESPACE, "-f", str(values), *wait
+            "upgrade",
+            "rillet",
+            "rillet/rillet",
+            "-n",
+            NAMESPACE,
+            "--reset-then-reuse-values",
+            *wait,
         )
         assert_runs(cluster, upgrade, revision=2, memory="384Mi")
 
