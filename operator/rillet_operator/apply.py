@@ -175,10 +175,14 @@ async def reconcile(
     latency: LatencyReading | None = None,
     adapted: tuple[int, int] | None = None,
     isolation: NetworkIsolation | None = NetworkIsolation(),
+    default_image: str | None = None,
 ) -> Outcome:
     """`adapted`: a (target, adapted from) the operator chose since status was written;
-    `isolation` None: the operator's NetworkPolicies are switched off."""
+    `isolation` None: the operator's NetworkPolicies are switched off; `default_image`
+    None: this version's."""
     cs = ChatService.from_body(body)
+    if default_image:
+        cs = replace(cs, default_image=default_image)
     if adapted:
         cs = replace(cs, adapted_target=adapted[0], adapted_from=adapted[1])
     managed_redis = bool(cs.spec.redis and cs.spec.redis.managed)

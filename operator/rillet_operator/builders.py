@@ -44,6 +44,7 @@ from rillet_operator.spec import GROUP, ManagedRedisSpec, RedisPersistenceSpec
 from rillet_runtime.settings import SETTINGS_FILE_ENV
 
 RUNTIME_UID = 10001
+RUNTIME_CONTAINER = "rillet"
 REDIS_UID = 999  # the redis image's own user
 REDIS_AUTH_DIR = "/etc/redis"
 REDIS_AUTH_FILE = "auth.conf"  # `requirepass`, from the Secret: never on a command line
@@ -110,8 +111,8 @@ def deployment(cs: ChatService) -> dict[str, Any]:
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     container = {
-        "name": "rillet",
-        "image": spec.image,
+        "name": RUNTIME_CONTAINER,
+        "image": cs.image,
         "command": ["rillet", "serve"],
         # `metrics`: gunicorn's master serves /metrics there; the Service exposes `http` only.
         "ports": [

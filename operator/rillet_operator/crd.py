@@ -148,6 +148,7 @@ def build_crd() -> dict[str, Any]:
                         _column("TTFT target", ".spec.latencyTargets.ttftP95Ms", "integer"),
                         _column("TTFT p95", ".status.observedLatency.ttftP95Ms", "number"),
                         _column("SLO met", '.status.conditions[?(@.type=="SLOMet")].status'),
+                        _column("Image", ".status.image", priority=1),  # -o wide
                         _column("Age", ".metadata.creationTimestamp", "date"),
                     ],
                 }

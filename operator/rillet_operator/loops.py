@@ -186,6 +186,7 @@ class Operator:
                 latency=self.reading((namespace, name)),
                 adapted=self.adapted.get((namespace, name)),
                 isolation=self.settings.isolation(),
+                default_image=self.settings.default_image,
             )
         except ApiError as exc:
             if not namespace_terminating(exc):

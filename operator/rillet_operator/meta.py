@@ -3,10 +3,11 @@ owner reference that makes deleting it garbage-collect the children."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rillet_operator.spec import GROUP, KIND, VERSION, ChatServiceSpec
+from rillet_runtime import version
 
 MANAGER = "rillet-operator"
 SERVICE_PORT = 80
@@ -24,6 +25,9 @@ class ChatService:
     # adapted from (a changed spec starts adaptation over).
     adapted_target: int | None = None
     adapted_from: int | None = None
+    # The operator's own image (its setting), which pods run unless spec.image names one;
+    # never stored in the object, so an upgraded operator rolls them onto its version.
+    default_image: str = field(default_factory=version.default_image)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ChatService:
@@ -37,6 +41,10 @@ class ChatService:
             scaling.get("streamsPerPodTarget"),
             scaling.get("adaptedFrom"),
         )
+
+    @property
+    def image(self) -> str:
+        return self.spec.image or self.default_image
 
     @property
     def endpoint(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,7 +16,11 @@ PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 PLACEHOLDER_PASSWORD = "generated-by-the-operator"
 
 
-def render_manifests(documents: list[Any], prometheus_url: str | None = None) -> str:
+def render_manifests(
+    documents: list[Any], prometheus_url: str | None = None, default_image: str | None = None
+) -> str:
+    """`default_image`: the operator's, for ChatServices without spec.image; None: this
+    version's."""
     rendered: list[dict[str, Any]] = []
     for document in documents:
         if not document:
@@ -39,6 +44,8 @@ def render_manifests(documents: list[Any], prometheus_url: str | None = None) ->
             cs = ChatService.from_body(body)
         except ValidationError as exc:
             raise ValueError(_readable(exc)) from None
+        if default_image:
+            cs = replace(cs, default_image=default_image)
         rendered += children(cs, PLACEHOLDER_PASSWORD, prometheus_url)
     return "".join(f"---\n{to_yaml(manifest)}" for manifest in rendered)
 

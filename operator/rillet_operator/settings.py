@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rillet_operator.autoscaling import ADAPT_SECONDS
 from rillet_operator.network import DEFAULT_MONITORING_NAMESPACE, NetworkIsolation
+from rillet_runtime import version
 
 PROMETHEUS_URL_ENV = "RILLET_PROMETHEUS_URL"
 
@@ -35,6 +36,12 @@ class OperatorSettings(BaseSettings):
         validation_alias=PROMETHEUS_URL_ENV,
         description="Prometheus that scrapes ChatService pods: observed latency in status, "
         "and the server KEDA triggers query",
+    )
+    default_image: str = Field(
+        default_factory=version.default_image,
+        min_length=1,
+        description="the image of ChatService pods whose spec names none; the chart sets "
+        "the operator's own",
     )
     resync_seconds: float = Field(
         300, gt=0, description="reconcile every ChatService this often, whatever the watches saw"

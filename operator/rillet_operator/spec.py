@@ -29,13 +29,11 @@ from rillet_runtime.settings import (
     SENTINEL_ADDRESS_PATTERN,
     SENTINEL_PORT,
 )
-from rillet_runtime.version import default_image
 
 GROUP = "rillet.dev"
 VERSION = "v1alpha1"
 KIND = "ChatService"
 PLURAL = "chatservices"
-DEFAULT_IMAGE = default_image()  # this version's; `make manifests` carries it into the CRD
 
 Quantity = str  # a Kubernetes quantity ("256Mi", "500m"); the API server parses it
 # A size in bytes as Kubernetes writes it ("512Mi", "20Gi", "1G"): refused at `kubectl apply`
@@ -675,7 +673,12 @@ class ChatServiceSpec(Model):
         }
     )
 
-    image: str = Field(DEFAULT_IMAGE, min_length=1)
+    image: str | None = Field(
+        None,
+        min_length=1,
+        description="the pods' image, to pin this ChatService to one; unset: the operator's "
+        "default, the image it was installed with (it follows the operator's upgrades)",
+    )
     replicas: int | None = Field(
         None,
         ge=0,
@@ -746,6 +749,10 @@ class ChatServiceStatus(Model):
     ready_replicas: int | None = None
     selector: str | None = Field(None, description="for the scale subresource")
     endpoint: str | None = Field(None, description="the in-cluster URL of the chat API")
+    image: str | None = Field(
+        None,
+        description="the image the Deployment gives the pods: spec.image or the operator's default",
+    )
     observed_latency: ObservedLatency | None = None
     autoscaling: AutoscalingStatus | None = None
     auth: AuthStatus | None = None

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rillet_operator.autoscaling import STATUS_WINDOW, autoscaling_status
-from rillet_operator.builders import claim_in_place, quantity, requested_storage, same_claim
+from rillet_operator.builders import (
+    RUNTIME_CONTAINER,
+    claim_in_place,
+    quantity,
+    requested_storage,
+    same_claim,
+)
 from rillet_operator.meta import ChatService, selector_string
 from rillet_operator.runtime_settings import api_keys_secret
 from rillet_operator.spec import RedisPersistenceSpec
@@ -317,10 +323,18 @@ def compute_status(
         "readyReplicas": status.get("readyReplicas", 0),
         "selector": selector_string(cs),
         "endpoint": cs.endpoint,
+        "image": pod_image(observed.deployment),
         "observedLatency": observed_latency(observed),
         "autoscaling": autoscaling_status(cs),
         "auth": auth_status(cs),
     }
+
+
+def pod_image(deployment: dict[str, Any] | None) -> str | None:
+    """The image the live Deployment gives its pods: spec.image or the operator's default."""
+    pod = (deployment or {}).get("spec", {}).get("template", {}).get("spec", {})
+    images = [c.get("image") for c in pod.get("containers", []) if c["name"] == RUNTIME_CONTAINER]
+    return images[0] if images else None
 
 
 def auth_status(cs: ChatService) -> dict[str, Any] | None:

@@ -308,6 +308,13 @@ def operator(
             "and the server KEDA triggers query (RILLET_PROMETHEUS_URL)",
         ),
     ] = None,
+    default_image: Annotated[
+        str | None,
+        typer.Option(
+            help="the image of ChatService pods whose spec names none "
+            "(RILLET_OPERATOR_DEFAULT_IMAGE); default: this version's",
+        ),
+    ] = None,
 ) -> None:
     """Run the ChatService operator (kopf) with the current kubeconfig or in-cluster account.
     Settings: rillet_operator.settings (RILLET_OPERATOR_* variables); flags override them."""
@@ -323,6 +330,7 @@ def operator(
             liveness=liveness,
             metrics_port=metrics_port,
             prometheus_url=prometheus_url,
+            default_image=default_image,
         )
     except ValidationError as exc:
         typer.echo(f"rillet operator: {exc}", err=True)
@@ -351,6 +359,10 @@ def render(
         str | None,
         typer.Option(envvar="RILLET_PROMETHEUS_URL", help="as given to the operator (KEDA)"),
     ] = None,
+    default_image: Annotated[
+        str | None,
+        typer.Option(help="as given to the operator; default: this version's image"),
+    ] = None,
 ) -> None:
     """Print the manifests the operator would apply for a ChatService, without a cluster."""
     import yaml
@@ -360,7 +372,7 @@ def render(
 
     try:
         documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
-        typer.echo(render_manifests(documents, prometheus_url), nl=False)
+        typer.echo(render_manifests(documents, prometheus_url, default_image), nl=False)
     except (OSError, yaml.YAMLError, ValueError, SpecError) as exc:
         typer.echo(f"rillet render: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -23,6 +23,7 @@ from rillet_operator.meta import ChatService
 from rillet_runtime.events import CheckpointCorrupt
 from rillet_runtime.llm.errors import classify_error
 from rillet_runtime.metrics import STATE_ERRORS
+from rillet_runtime.version import version
 from testcluster import TestCluster, build
 from testcluster.operator import OperatorProcess
 from tests.e2e.kube import EXAMPLES, apply_example, condition, wait_ready
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "rillet"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 K8S_VERSION = "v1.37.2"
+OWN_REGISTRY = "registry.example/rillet"  # where a user pushed the image they built
 
 
 @pytest.fixture(scope="module")
@@ -182,12 +184,21 @@ def operator_as_deployed(
     return OperatorProcess(cluster, log, kubeconfig=kubeconfig, env=env)
 
 
+def pod_image(cluster: TestCluster, namespace: str, name: str) -> str:
+    deployment = cluster.get_json("-n", namespace, "deployment", name)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    image: str = container["image"]
+    return image
+
+
 def can_i(cluster: TestCluster, kubeconfig: Path, *args: str) -> bool:
     done = cluster.run("kubectl", "auth", "can-i", *args, kubeconfig=kubeconfig, check=False)
     return done.stdout.strip() == "yes"
 
 
 def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestCluster) -> None:
+    """The image from the user's own registry: the operator runs it, and so does every
+    ChatService without spec.image, onto the upgraded image after a `helm upgrade`."""
     cluster = bare_cluster
     for namespace in ("team-a", "team-b", "team-c"):
         cluster.kubectl("create", "namespace", namespace, check=False)
@@ -202,6 +213,8 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
         "watch.scope=namespaces",
         "--set",
         "watch.namespaces={team-a,team-b}",
+        "--set",
+        f"image.repository={OWN_REGISTRY}",
         "--wait",
         "--timeout",
         "120s",
@@ -215,11 +228,17 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
 
     operator = operator_as_deployed(cluster, "rillet-system", "rillet", "rillet")
     assert operator.env["RILLET_OPERATOR_NAMESPACES"] == "team-a,team-b"
+    own_image = f"{OWN_REGISTRY}:{version()}"  # the tag: the chart's appVersion
+    assert deployed_operator(cluster, "rillet-system", "rillet")["image"] == own_image
+    assert operator.env["RILLET_OPERATOR_DEFAULT_IMAGE"] == own_image
     operator.start()
     try:
         for namespace in ("team-a", "team-c"):
             cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "demo.yaml"))
         wait_ready(cluster, "team-a", "demo")
+        demo = cluster.get_json("-n", "team-a", "chat", "demo")
+        assert "image" not in demo["spec"]  # nothing stored that would outlive an upgrade
+        assert pod_image(cluster, "team-a", "demo") == demo["status"]["image"] == own_image
         # Outside its namespaces the operator neither acts nor may act.
         assert not cluster.get_json("-n", "team-c", "chat", "demo").get("status")
         kubeconfig = Path(operator.env["KUBECONFIG"])
@@ -242,7 +261,8 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
         operator.stop()
     assert not re.search(r"\b403\b|Forbidden", operator.log_tail(chars=10**7)), operator.log_tail()
 
-    # helm upgrade: a third namespace and more memory; the rollout and the new Role follow.
+    # helm upgrade: a third namespace, more memory and another image (as a new version's
+    # appVersion would be); the rollout, the new Role and the ChatServices' pods follow.
     cluster.helm(
         "upgrade",
         "rillet",
@@ -254,6 +274,8 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
         "watch.namespaces={team-a,team-b,team-c}",
         "--set",
         "resources.limits.memory=512Mi",
+        "--set",
+        "image.tag=next",
         "--wait",
         "--timeout",
         "120s",
@@ -264,9 +286,22 @@ def test_install_into_two_namespaces_upgrade_and_uninstall(bare_cluster: TestClu
         "env"
     ]
     operator = operator_as_deployed(cluster, "rillet-system", "rillet", "rillet")
+    upgraded_image = f"{OWN_REGISTRY}:next"
+    assert container["image"] == operator.env["RILLET_OPERATOR_DEFAULT_IMAGE"] == upgraded_image
     operator.start()
     try:
         wait_ready(cluster, "team-c", "demo")
+        assert pod_image(cluster, "team-c", "demo") == upgraded_image
+        cluster.kubectl(
+            "wait",
+            "-n",
+            "team-a",
+            "chat/demo",
+            f"--for=jsonpath={{.status.image}}={upgraded_image}",
+            "--timeout=60s",
+            timeout=90,
+        )
+        assert pod_image(cluster, "team-a", "demo") == upgraded_image
     finally:
         operator.stop()
     history_json = cluster.helm("history", "rillet", "-n", "rillet-system", "-o", "json").stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from rillet_operator.crd import (
     to_yaml,
 )
 from rillet_operator.meta import ChatService
+from rillet_operator.render import render_manifests
 from rillet_operator.runtime_settings import (
     runtime_settings,
     secret_env,
@@ -37,6 +39,7 @@ from rillet_operator.runtime_settings import (
 from rillet_operator.spec import ChatServiceSpec
 from rillet_operator.status import Observed, compute_status
 from rillet_runtime.settings import Settings
+from rillet_runtime.version import default_image
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
@@ -171,6 +174,43 @@ def test_a_settings_change_changes_the_pod_template_hash() -> None:
         ),
     )
     assert builders.settings_hash(cs) == builders.settings_hash(scaled)  # no needless rollout
+
+
+def pod_image(manifests: list[dict[str, Any]]) -> str:
+    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    image: str = container["image"]
+    return image
+
+
+def test_pods_run_the_operators_image_unless_the_spec_pins_one() -> None:
+    """No spec.image: the operator's default_image (the chart's image), this version's
+    when none is given (`rillet render`, the golden files); a spec.image wins."""
+    cs = chat_service(EXAMPLES[0])
+    assert cs.spec.image is None
+    assert pod_image(children(cs, "pw")) == default_image()
+    operators = replace(cs, default_image="registry.example/rillet:0.1.0")
+    assert pod_image(children(operators, "pw")) == "registry.example/rillet:0.1.0"
+    pinned = replace(
+        operators, spec=cs.spec.model_copy(update={"image": "registry.example/my-chat:1.0.0"})
+    )
+    assert pod_image(children(pinned, "pw")) == "registry.example/my-chat:1.0.0"
+    for chat in (operators, pinned):  # as the live Deployment says, once there is one
+        observed = Observed(1, builders.deployment(chat), None)
+        assert compute_status(chat, observed, {}, "t")["image"] == pod_image(children(chat, "pw"))
+    assert compute_status(pinned, Observed(1, None, None), {}, "t")["image"] is None
+
+
+def test_render_takes_the_operators_default_image() -> None:
+    document = yaml.safe_load(EXAMPLES[0].read_text())
+    pinned = {**document, "spec": {**document["spec"], "image": "registry.example/mine:1"}}
+    for documents, given, expected in (
+        ([document], None, default_image()),
+        ([document], "registry.example/rillet:0.1.0", "registry.example/rillet:0.1.0"),
+        ([pinned], "registry.example/rillet:0.1.0", "registry.example/mine:1"),
+    ):
+        rendered = render_manifests(documents, default_image=given)
+        assert pod_image([m for m in yaml.safe_load_all(rendered) if m]) == expected
 
 
 def test_grace_period_outlasts_the_longest_stream() -> None:

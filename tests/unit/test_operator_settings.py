@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from rillet_operator.autoscaling import ADAPT_SECONDS
 from rillet_operator.settings import OperatorSettings
+from rillet_runtime.version import default_image
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +25,7 @@ def test_defaults_watch_the_whole_cluster_without_prometheus() -> None:
     assert settings.prometheus_url is None
     assert (settings.resync_seconds, settings.observe_seconds) == (300, 30)
     assert settings.adapt_seconds == ADAPT_SECONDS
+    assert settings.default_image == default_image()  # this version's
 
 
 def test_the_chart_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,10 +33,12 @@ def test_the_chart_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RILLET_PROMETHEUS_URL", "http://prometheus:9090")
     monkeypatch.setenv("RILLET_OPERATOR_OBSERVE_SECONDS", "1")
     monkeypatch.setenv("RILLET_OPERATOR_ADAPT_SECONDS", "2")
+    monkeypatch.setenv("RILLET_OPERATOR_DEFAULT_IMAGE", "registry.example/rillet:0.1.0")
     settings = OperatorSettings()
     assert settings.namespaces == ["team-a", "team-b"]
     assert settings.prometheus_url == "http://prometheus:9090"
     assert (settings.observe_seconds, settings.adapt_seconds) == (1, 2)
+    assert settings.default_image == "registry.example/rillet:0.1.0"
 
 
 def test_an_empty_namespace_list_is_the_whole_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,12 +51,17 @@ def test_flags_override_the_environment_and_none_leaves_it(
 ) -> None:
     monkeypatch.setenv("RILLET_OPERATOR_NAMESPACES", "from-env")
     monkeypatch.setenv("RILLET_PROMETHEUS_URL", "http://env:9090")
+    monkeypatch.setenv("RILLET_OPERATOR_DEFAULT_IMAGE", "env.example/rillet:1")
     settings = OperatorSettings.with_flags(
-        namespaces=["from-flag"], prometheus_url=None, metrics_port=8080
+        namespaces=["from-flag"],
+        prometheus_url=None,
+        metrics_port=8080,
+        default_image="flag.example/rillet:1",
     )
     assert settings.namespaces == ["from-flag"]
     assert settings.prometheus_url == "http://env:9090"
     assert settings.metrics_port == 8080
+    assert settings.default_image == "flag.example/rillet:1"
 
 
 def test_a_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,11 +13,17 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rillet_operator.spec import DEFAULT_IMAGE
+from rillet_operator.settings import OperatorSettings
 from rillet_runtime.api.langgraph.assistants import enabled_features
 from rillet_runtime.cli import app
 from rillet_runtime.settings import Settings
-from rillet_runtime.version import IMAGE_REPOSITORY, REVISION_ENV, describe, version
+from rillet_runtime.version import (
+    IMAGE_REPOSITORY,
+    REVISION_ENV,
+    default_image,
+    describe,
+    version,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
@@ -62,11 +68,25 @@ def test_the_chart_runs_the_image_of_its_app_version() -> None:
     assert "(default .Chart.AppVersion .Values.image.tag)" in helper
 
 
-def test_chat_service_pods_default_to_this_versions_image() -> None:
-    assert f"{IMAGE_REPOSITORY}:{PROJECT_VERSION}" == DEFAULT_IMAGE
+def test_chat_service_pods_default_to_the_operators_image() -> None:
+    """This version's image unless the chart gives the operator its own; the CRD names
+    none, since the API server would store a schema default in every ChatService and pin
+    it to that version through the operator's upgrades."""
+    assert default_image() == f"{IMAGE_REPOSITORY}:{PROJECT_VERSION}"
+    field = OperatorSettings.model_fields["default_image"]
+    assert field.get_default(call_default_factory=True) == default_image()
+    deployment = (ROOT / "charts/rillet/templates/deployment.yaml").read_text(encoding="utf-8")
+    assert re.search(
+        r"- name: RILLET_OPERATOR_DEFAULT_IMAGE\n"
+        r'\s+value: {{ include "rillet.image" \. \| quote }}',
+        deployment,
+    ), "the chart gives the operator its own image as the ChatServices' default"
     for crd in ("crds/chatservices.rillet.dev.yaml", "charts/rillet/templates/crd.yaml"):
-        text = (ROOT / crd).read_text(encoding="utf-8")
-        assert IMAGE_REFERENCE.findall(text) == [PROJECT_VERSION] * 2, crd  # field, spec default
+        assert IMAGE_REFERENCE.findall((ROOT / crd).read_text(encoding="utf-8")) == [], crd
+    (served,) = _yaml("crds/chatservices.rillet.dev.yaml")["spec"]["versions"]
+    spec = served["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert "default" not in spec["properties"]["image"]
+    assert "image" not in spec["default"]  # the chart's copy is drift-tested against it
 
 
 def test_every_image_the_docs_and_the_chart_name_is_this_version() -> None:
