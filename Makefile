@@ -20,7 +20,7 @@ export PATH := $(VENV)/bin:$(PATH)
 PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
-.PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests chart test test-unit \
+.PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests chart image image-tools test test-unit \
 	test-integration test-faults test-e2e test-lower-bounds lint format bench bench-auth bench-durability bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
@@ -77,8 +77,20 @@ cluster: venv control-plane ## a local control plane with fake nodes and the CRD
 operator: venv ## run the operator against the current KUBECONFIG (after `make cluster`, in a second terminal)
 	$(PY) -m rillet_runtime operator
 
-# The Python the image test installs into (any 3.11; Debian's when present, as that test
-# runs it as a non-root user, who cannot reach a Python under /root).
+# The image: $(IMAGE), also tagged with the revision, and its SBOM in dist/, built with
+# docker, podman or buildah (ENGINE) on python:3.11-slim or, with BASE=debian, on Debian's
+# own python3 (mmdebstrap, no registry of images needed); see release/image.sh.
+IMAGE ?= ghcr.io/rillet-dev/rillet:$(VERSION)
+image: ## build the image, tagged with the version and the revision, and its SBOM in dist/
+	VERSION=$(VERSION) REVISION=$(REVISION) IMAGE=$(IMAGE) bash release/image.sh
+
+image-tools: ## install buildah and mmdebstrap from Debian's packages if missing (the image test builds with them)
+	@$(call apt-install,buildah)
+	@$(call apt-install,mmdebstrap)
+
+# The Python constraints.txt is resolved with: the oldest 3.11 at hand, Debian's when
+# present (the image's Debian base has it), so older patch releases' conditional
+# dependencies are pinned too.
 IMAGE_PYTHON ?= $(or $(wildcard /usr/bin/python3.11),$(PYTHON))
 constraints: ## re-pin the image's dependencies (constraints.txt) from a clean install
 	rm -rf $(CACHE_DIR)/constraints-venv
@@ -102,7 +114,7 @@ chart: venv $(if $(HELM),,control-plane) ## package the chart (the project's ver
 	$(PY) -m charts.repository --version $(VERSION) --out $(CHART_REPO) \
 	  $(if $(CHART_REPO_URL),--url $(CHART_REPO_URL)) $(if $(HELM),--helm $(HELM))
 
-test: venv redis-server chromium js-clients test-servers control-plane lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
+test: venv redis-server chromium js-clients test-servers control-plane image-tools lint test-lower-bounds ## the whole suite: lint, types, lower bounds, unit, integration, e2e
 	$(PY) -m pytest
 
 test-unit: venv ## unit tests only
@@ -114,7 +126,7 @@ test-integration: venv redis-server chromium js-clients test-servers ## integrat
 test-faults: venv redis-server test-servers ## the fault-injection suite alone (Toxiproxy, SIGKILL): docs/reliability.md
 	$(PY) -m pytest tests/integration/test_faults_redis.py tests/integration/test_faults_model.py
 
-test-e2e: venv control-plane ## e2e tests: the operator against a real control plane
+test-e2e: venv control-plane image-tools ## e2e tests: the operator against a real control plane
 	$(PY) -m pytest tests/e2e
 
 # The declared lower bound of every dependency, installed as such (uv's lowest-direct
