@@ -78,10 +78,12 @@ operator: venv ## run the operator against the current KUBECONFIG (after `make c
 	$(PY) -m rillet_runtime operator
 
 # The image: $(IMAGE), also tagged with the revision, and its SBOM in dist/, built with
-# docker, podman or buildah (ENGINE) on python:3.11-slim or, with BASE=debian, on Debian's
-# own python3 (mmdebstrap, no registry of images needed); see release/image.sh.
+# docker, podman or buildah (ENGINE; buildah and mmdebstrap installed from Debian's packages
+# when neither docker nor podman works) on python:3.11-slim or, with BASE=debian or when that
+# cannot be pulled, on Debian's own python3 (mmdebstrap); see release/image.sh.
 IMAGE ?= ghcr.io/rillet-dev/rillet:$(VERSION)
 image: ## build the image, tagged with the version and the revision, and its SBOM in dist/
+	@docker info >/dev/null 2>&1 || podman info >/dev/null 2>&1 || $(MAKE) --no-print-directory image-tools
 	VERSION=$(VERSION) REVISION=$(REVISION) IMAGE=$(IMAGE) bash release/image.sh
 
 image-tools: ## install buildah and mmdebstrap from Debian's packages if missing (the image test builds with them)

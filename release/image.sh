@@ -8,7 +8,8 @@
 #   BASE      python: the Dockerfile's default base (python:3.11 slim, from Docker Hub);
 #             debian: Debian bookworm's own python3, made with mmdebstrap from Debian's
 #             packages and cached by its package list (for machines that reach Debian's
-#             archive but no registry of images, as CI does)
+#             archive but no registry of images, as CI does). Default: python, or debian
+#             when buildah cannot pull the python base
 #   BUILDAH_ROOT  buildah only: a store of its own (vfs driver), e.g. under a cache folder
 #   OUT       where the SBOM goes (default dist/)
 set -euo pipefail
@@ -17,7 +18,6 @@ cd "$(dirname "$0")/.."
 VERSION=${VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)}
 REVISION=${REVISION:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 IMAGE=${IMAGE:-ghcr.io/rillet-dev/rillet:$VERSION}
-BASE=${BASE:-python}
 OUT=${OUT:-dist}
 REVISION_TAG="${IMAGE%:*}:$REVISION"
 
@@ -37,6 +37,15 @@ if [[ "$ENGINE" == buildah ]]; then
   build=(bud --isolation chroot)
 fi
 args=(--build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" -t "$IMAGE" -t "$REVISION_TAG")
+
+if [[ -z "${BASE:-}" ]]; then
+  BASE=python
+  python_image=$(sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile)
+  if [[ "$ENGINE" == buildah ]] && ! "${engine[@]}" pull --quiet --retry 0 "$python_image" >/dev/null 2>&1; then
+    echo "$python_image cannot be pulled here: building on Debian's python3 (BASE=debian)" >&2
+    BASE=debian
+  fi
+fi
 
 if [[ "$BASE" == debian ]]; then
   [[ "$ENGINE" == buildah ]] || { echo "BASE=debian is built with buildah" >&2; exit 1; }
