@@ -1,4 +1,12 @@
-"""Per-worker admission: the stream cap and the drain state.
+"""Per-worker admission: the stream cap, the event loop's lag, and the drain state.
+
+The cap is a count; the lag is what the worker's streams actually feel. A worker whose
+event loop runs late (CPU-bound: too many streams for this machine, a heavy graph) delays
+every token of every stream it holds, so past `max_loop_lag` it refuses new streams with
+503 and Retry-After, whatever the count, and those it holds keep their pace. The lag is
+sampled by a task that sleeps a short, fixed time and measures how late it wakes, and
+averaged over its last few samples: one late wake (a collection, a worker's first request) sheds
+nothing, a loop that stays late sheds until it catches up.
 
 Draining starts either from SIGTERM (the gunicorn worker calls `begin_drain`) or from the
 drain file that `rillet drain` writes in a Kubernetes preStop hook, which every worker of
@@ -15,9 +23,16 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from rillet_runtime.metrics import ACTIVE_STREAMS
+from rillet_runtime.metrics import ACTIVE_STREAMS, EVENT_LOOP_LAG
 
 _DRAIN_FILE_CHECK_INTERVAL = 0.25
+LAG_SAMPLE_SECONDS = 0.05
+LAG_NEW_SAMPLE_WEIGHT = 0.2  # an exponential average over ~5 samples
+
+
+def smoothed_lag(smoothed: float, sample: float) -> float:
+    """The lag admission sees after one more sample."""
+    return smoothed + LAG_NEW_SAMPLE_WEIGHT * (sample - smoothed)
 
 
 class StreamSlot:
@@ -38,9 +53,17 @@ class StreamSlot:
 
 
 class Admission:
-    def __init__(self, max_streams: int, drain_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        max_streams: int,
+        drain_file: Path | None = None,
+        max_loop_lag: float | None = None,
+    ) -> None:
+        """`max_loop_lag`: seconds; None: the lag is measured but admits everything."""
         self.max_streams = max_streams
+        self.max_loop_lag = max_loop_lag
         self.active_streams = 0
+        self.loop_lag = 0.0
         self._drain_file = drain_file
         self._draining = False
         self._drain_started: float | None = None
@@ -49,18 +72,32 @@ class Admission:
     def draining(self) -> bool:
         return self._draining
 
+    @property
+    def overloaded(self) -> bool:
+        return self.max_loop_lag is not None and self.loop_lag > self.max_loop_lag
+
     @contextlib.asynccontextmanager
-    async def watching_drain_file(self) -> AsyncIterator[None]:
-        """Drain once the drain file appears, for as long as this is held (the lifespan)."""
-        if self._drain_file is None:
-            yield
-            return
-        watcher = asyncio.create_task(self._drain_when_present(self._drain_file))
+    async def watching(self) -> AsyncIterator[None]:
+        """Measure the loop's lag, and drain once the drain file appears, for as long as
+        this is held (the lifespan)."""
+        watchers = [asyncio.create_task(self._measure_loop_lag())]
+        if self._drain_file is not None:
+            watchers.append(asyncio.create_task(self._drain_when_present(self._drain_file)))
         try:
             yield
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def _measure_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asleep = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+            sample = max(0.0, loop.time() - asleep - LAG_SAMPLE_SECONDS)
+            self.loop_lag = smoothed_lag(self.loop_lag, sample)
+            EVENT_LOOP_LAG.observe(sample)
 
     async def _drain_when_present(self, drain_file: Path) -> None:
         while not self._draining:

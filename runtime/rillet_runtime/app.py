@@ -55,7 +55,12 @@ def model_http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    admission = Admission(settings.server.max_streams_per_worker, settings.server.drain_file)
+    lag_ms = settings.server.max_event_loop_lag_ms
+    admission = Admission(
+        settings.server.max_streams_per_worker,
+        settings.server.drain_file,
+        max_loop_lag=None if lag_ms is None else lag_ms / 1000,
+    )
     # sse-starlette would cancel every open stream on SIGTERM; we drain them instead.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
@@ -66,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
             open_authenticator(settings.auth, http) as authenticator,
             open_state(settings) as state,
             open_retriever(settings, state.embedding_cache) as retriever,
-            admission.watching_drain_file(),
+            admission.watching(),
         ):
             deps = graph_deps(settings, http, retriever, state.response_cache)
             runtime = Runtime(

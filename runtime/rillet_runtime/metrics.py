@@ -31,6 +31,12 @@ INTER_TOKEN_LATENCY = Histogram(
     ["endpoint"],
     buckets=_ITL_BUCKETS,
 )
+EVENT_LOOP_LAG = Histogram(
+    "rillet_event_loop_lag_seconds",
+    "How late a worker's event loop wakes a task that slept a fixed 50 ms: what every "
+    "stream on it waits for; past server.max_event_loop_lag_ms new streams are refused.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 ACTIVE_STREAMS = Gauge(
     "rillet_active_streams",
     "Streams being served now.",

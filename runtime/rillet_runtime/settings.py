@@ -101,6 +101,12 @@ class ServerSettings(_Section):
     max_streams_per_worker: int = Field(
         500, ge=1, description="concurrent streams one worker accepts; over it: 503"
     )
+    max_event_loop_lag_ms: float | None = Field(
+        150,
+        gt=0,
+        description="a worker whose event loop runs later than this refuses new streams "
+        "(503, Retry-After) until it catches up; None: only the stream cap",
+    )
     max_stream_seconds: float = Field(
         300, gt=0, description="longest a stream may run; drain and grace periods derive from it"
     )

@@ -180,6 +180,15 @@ def admit_stream(runtime: Runtime, endpoint: str) -> StreamSlot:
         raise ApiError(
             503, "draining", "this instance is shutting down; retry", headers=retry_after
         )
+    if admission.overloaded:
+        REQUESTS.labels(endpoint, "rejected_loop_lag").inc()
+        lag_ms = round(admission.loop_lag * 1000)
+        raise ApiError(
+            503,
+            "over_capacity",
+            f"this worker's event loop runs {lag_ms} ms late; retry",
+            headers=retry_after,
+        )
     slot = admission.admit()
     if slot is None:
         REQUESTS.labels(endpoint, "rejected_capacity").inc()
@@ -341,14 +350,29 @@ async def start_run(
     throwaway_thread: bool = False,
     slot: StreamSlot | None = None,
 ) -> StartedRun:
-    """An admitted run (see `admit`), ready to stream; 413 `thread_too_large` before
-    anything is held when its thread is over its size cap already."""
+    """An admitted run (see `admit`), ready to stream; 413 `thread_too_large`, with
+    nothing held, when its thread is over its size cap already. The size is read while
+    the run is admitted, not before: with Redis far away, a round trip less to the first
+    token."""
     settings = runtime.settings
     thread = None if throwaway_thread else thread_key(principal, run.thread_id)
-    if thread is not None:
-        await _within_size_cap(runtime, thread, run.endpoint)
     guard = guard_for(runtime, principal, run.run_id, thread, run.usage, run.cancel)
-    slot = await admit(runtime, client_gone, guard, run.endpoint, strategy, slot)
+    if thread is None:
+        slot = await admit(runtime, client_gone, guard, run.endpoint, strategy, slot)
+    else:
+        size_checked = asyncio.ensure_future(_within_size_cap(runtime, thread, run.endpoint))
+        try:
+            slot = await admit(runtime, client_gone, guard, run.endpoint, strategy, slot)
+        except BaseException:
+            size_checked.cancel()
+            await asyncio.gather(size_checked, return_exceptions=True)
+            raise
+        try:
+            await size_checked
+        except BaseException:
+            await guard.release()
+            slot.release()
+            raise
     if strategy == "rollback" and guard.interrupted is not None:
         try:  # the stopped run never happened: its checkpoints go
             await runtime.checkpointer.adelete_for_runs([guard.interrupted])

@@ -46,6 +46,15 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS: lease, recent runs. ARGV: run_id lease_ms now_ms forget_before_ms record_ms.
+# The lease if it is free, and the run among the thread's recent ones, in one round trip.
+_CLAIM = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
 
 
 def lease_key(thread_key: str) -> str:
@@ -113,23 +122,21 @@ class RedisRunRegistry(_WorkerRuns):
     record_ms: int  # how long a run's owner is remembered (its event log's lifetime)
 
     async def claim(self, thread_key: str | None, run_id: str, principal_key: str) -> bool:
-        if thread_key is not None:
-            taken = await self.client.set(lease_key(thread_key), run_id, nx=True, px=LEASE_MS)
-            if not taken:
-                return False
+        """One round trip: the owner record (the run's slot) is written beside the lease
+        script (the thread's), and stays when the thread is busy: the same run claims
+        again, or its record expires unread (its id was never given out)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.set(run_key(run_id, "principal"), principal_key, px=self.record_ms)
         if thread_key is not None:
-            recent = recent_runs_key(thread_key)
-            pipe.zadd(recent, {run_id: _millis()})
-            pipe.zremrangebyscore(recent, "-inf", _millis() - self.record_ms)
-            pipe.pexpire(recent, self.record_ms)
+            keys = (lease_key(thread_key), recent_runs_key(thread_key))
+            now = _millis()
+            pipe.eval(_CLAIM, 2, *keys, run_id, LEASE_MS, now, now - self.record_ms, self.record_ms)
         try:
-            await pipe.execute()
+            replies = await pipe.execute()
         except BaseException:
             await self.release(thread_key, run_id)
             raise
-        return True
+        return thread_key is None or bool(replies[-1])
 
     async def renew(self, thread_key: str | None, run_id: str) -> bool:
         pipe = self.client.pipeline(transaction=False)
