@@ -131,6 +131,13 @@ class ServerSpec(Model):
     max_concurrent_streams_per_worker: int = Field(
         100, ge=1, le=10_000, description="over it a worker answers 503 with Retry-After"
     )
+    max_event_loop_lag_ms: int = Field(
+        150,
+        ge=0,
+        le=10_000,
+        description="a worker whose event loop runs later than this refuses new streams "
+        "(503 with Retry-After) until it catches up; 0: the stream cap alone",
+    )
     max_stream_seconds: int = Field(
         300,
         ge=10,
