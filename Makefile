@@ -150,8 +150,11 @@ $(LOWEST_VENV)/.installed: $(VENV)/.installed
 	VIRTUAL_ENV=$(LOWEST_VENV) $(VENV)/bin/uv pip install --quiet --requirement $(LOWEST_VENV)/test-tools.txt
 	touch $@
 
+# The project itself is installed editable, without dependencies, each run (its version is
+# its package metadata's), and its `rillet` comes first on PATH for the servers the tests start.
 test-lower-bounds: $(LOWEST_VENV)/.installed redis-server ## unit and runtime integration tests on every dependency's declared lower bound
-	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider tests/unit \
+	VIRTUAL_ENV=$(LOWEST_VENV) $(VENV)/bin/uv pip install --quiet --no-deps --editable .
+	PATH=$(LOWEST_VENV)/bin:$$PATH $(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider tests/unit \
 	  tests/integration/test_serve_default.py tests/integration/test_redis_runtime.py \
 	  tests/integration/test_redis_checkpointer.py tests/integration/test_redis_runs.py \
 	  tests/integration/test_providers.py \

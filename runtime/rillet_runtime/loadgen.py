@@ -97,6 +97,7 @@ class StreamResult:
     tokens: int = 0
     last_token: float | None = None
     error: str | None = None
+    answered: float | None = None  # seconds from the start to the response's status line
 
     @property
     def ok(self) -> bool:
@@ -199,6 +200,7 @@ async def one_stream(
             )
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
+            result.answered = time.perf_counter() - result.started
             status = int(head.split(b" ", 2)[1])
             if status != 200:
                 result.error = f"http_{status}"
