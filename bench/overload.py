@@ -1,21 +1,23 @@
-"""Overload: one worker offered 1x, 2x and 5x the streams it serves within the targets,
-with and without the event loop's lag in its admission, side by side in one run.
+"""Overload: one worker offered 1x, 2x and 5x the streams it serves within the targets
+(`--capacity`, what `rillet bench --calibrate` finds), side by side in one run.
 
-Two `rillet serve` processes (one worker each, the built-in graph, state on one
-redis-server, the fake model at 200 ms to the first token and 20 ms between 50 tokens),
-both with the runtime's default stream cap (500 per worker):
+Three `rillet serve` processes (one worker each, the built-in graph, state on one
+redis-server, the fake model at 200 ms to the first token and 20 ms between 50 tokens):
 
-- cap only: `server.max_event_loop_lag_ms` off, so admission counts streams alone (as
-  before the lag budget);
-- loop lag: the default budget, 150 ms.
+- cap 500: the runtime's stream cap before this measurement, the event loop's lag not
+  looked at;
+- cap 500 + lag: the same cap, and new streams refused while the loop runs more than
+  150 ms late (the default budget);
+- cap N + lag: the cap set to the measured capacity, as a ChatService's
+  `spec.server.maxConcurrentStreamsPerWorker` would be.
 
-Rounds alternate the order; each sends one wave of `level` streams at once to each server.
-Reported per server and level (medians over the rounds): streams completed and refused
-(503), how soon a refusal came (p50 and p99 ms after the request), TTFT p50/p99 and
-inter-token p99 of the completed streams, the worker's CPU seconds per 1,000 tokens, and
-whether gunicorn replaced the worker (its pid).
+Rounds rotate the order; each sends `level` streams to each server, their arrivals spread
+evenly over `--ramp-seconds` (0: all at once). Reported per server and level (medians over
+the rounds): streams completed and refused (503), how soon a refusal came (p50 and p99 ms
+after the request), TTFT p50/p99 and inter-token p99 of the completed streams, the worker's
+CPU seconds per 1,000 tokens, and whether gunicorn replaced the worker (its pid).
 
-    python -m bench.overload --out bench-results [--capacity 50 --rounds 2]
+    python -m bench.overload --out bench-results [--capacity 50 --rounds 2 --ramp-seconds 2]
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ from bench.streaming import QUESTION, Server
 from rillet_runtime import loadgen
 from tests.support.processes import RedisServer
 
-VARIANTS = {
-    "cap only": {"RILLET_SERVER__MAX_EVENT_LOOP_LAG_MS": "null"},
-    "loop lag": {},  # the default budget
-}
+
+def variants(capacity: int) -> dict[str, dict[str, str]]:
+    return {
+        "cap 500": {
+            "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "500",
+            "RILLET_SERVER__MAX_EVENT_LOOP_LAG_MS": "0",
+        },
+        "cap 500 + lag": {"RILLET_SERVER__MAX_STREAMS_PER_WORKER": "500"},
+        f"cap {capacity} + lag": {"RILLET_SERVER__MAX_STREAMS_PER_WORKER": str(capacity)},
+    }
 
 
 def worker_pid(server: Server) -> int:
@@ -49,8 +57,10 @@ def worker_pid(server: Server) -> int:
     return pid
 
 
-async def wave(server: Server, streams: int) -> dict[str, Any]:
-    plan = loadgen.LoadPlan(streams, requests=streams, timeout_seconds=300)
+async def wave(server: Server, streams: int, ramp_seconds: float) -> dict[str, Any]:
+    plan = loadgen.LoadPlan(
+        streams, ramp_seconds=ramp_seconds, requests=streams, timeout_seconds=300
+    )
     pid, cpu_before, wall_before = worker_pid(server), server.cpu_seconds(), time.perf_counter()
     results = await loadgen.run_load(server.url, server.api, plan, [QUESTION], server.model)
     wall, cpu = time.perf_counter() - wall_before, server.cpu_seconds() - cpu_before
@@ -121,16 +131,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([header, *lines])
 
 
-async def run(servers: list[Server], levels: list[int], rounds: int) -> list[dict[str, Any]]:
+async def run(
+    servers: list[Server], levels: list[int], rounds: int, ramp_seconds: float
+) -> list[dict[str, Any]]:
     waves = []
     for round_index in range(rounds):
         for level in levels:
-            order = servers if round_index % 2 == 0 else servers[::-1]
+            shift = round_index % len(servers)
+            order = servers[shift:] + servers[:shift]
             for server in order:
-                row = await wave(server, level)
+                row = await wave(server, level, ramp_seconds)
                 waves.append({**row, "round": round_index})
                 print(
-                    f"round {round_index} {level:4} streams {server.name:9} completed "
+                    f"round {round_index} {level:4} streams {server.name:14} completed "
                     f"{row['completed']} refused {row['refused']} ttft p99 "
                     f"{row['ttft_ms']['p99']} ms",
                     flush=True,
@@ -146,6 +159,9 @@ def main() -> None:
         "--capacity", type=int, default=50, help="streams a worker serves within the targets"
     )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--ramp-seconds", type=float, default=2.0, help="arrivals spread over this; 0: at once"
+    )
     args = parser.parse_args()
     levels = [args.capacity, 2 * args.capacity, 5 * args.capacity]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,9 +173,9 @@ def main() -> None:
             fake_url = fake_model(stack, workdir)
             servers = [
                 serve(stack, workdir, name, redis.url, fake_url, **extra)
-                for name, extra in VARIANTS.items()
+                for name, extra in variants(args.capacity).items()
             ]
-            waves = asyncio.run(run(servers, levels, args.rounds))
+            waves = asyncio.run(run(servers, levels, args.rounds, args.ramp_seconds))
     finally:
         redis.kill()
     rows = summarize(waves)

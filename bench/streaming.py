@@ -312,6 +312,7 @@ def rillet_server(
         "RILLET_SERVER__PORT": str(port),
         "RILLET_SERVER__WORKERS": "1",
         "RILLET_SERVER__MAX_STREAMS_PER_WORKER": "1200",
+        "RILLET_SERVER__MAX_EVENT_LOOP_LAG_MS": "0",  # per-stream cost, not admission
         "RILLET_SERVER__METRICS_DIR": str(work / f"metrics-{port}"),
         "RILLET_SERVER__METRICS_PORT": str(free_port()),
     }

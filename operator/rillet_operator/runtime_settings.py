@@ -103,7 +103,7 @@ def runtime_settings(spec: ChatServiceSpec) -> Settings:
             metrics_port=METRICS_PORT,
             workers=spec.server.workers_per_pod,
             max_streams_per_worker=spec.server.max_concurrent_streams_per_worker,
-            max_event_loop_lag_ms=spec.server.max_event_loop_lag_ms or None,
+            max_event_loop_lag_ms=spec.server.max_event_loop_lag_ms,
             max_stream_seconds=spec.server.max_stream_seconds,
             drain_seconds=DRAIN_SECONDS,
             drain_file=DRAIN_FILE,

@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     admission = Admission(
         settings.server.max_streams_per_worker,
         settings.server.drain_file,
-        max_loop_lag=None if lag_ms is None else lag_ms / 1000,
+        max_loop_lag=lag_ms / 1000 if lag_ms else None,
     )
     # sse-starlette would cancel every open stream on SIGTERM; we drain them instead.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]

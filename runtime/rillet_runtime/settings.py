@@ -99,13 +99,16 @@ class ServerSettings(_Section):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(2, ge=1, description="gunicorn worker processes per pod")
     max_streams_per_worker: int = Field(
-        500, ge=1, description="concurrent streams one worker accepts; over it: 503"
+        100,
+        ge=1,
+        description="concurrent streams one worker accepts; over it: 503 (the operator's "
+        "default too; `rillet bench --calibrate` measures what a pod serves within targets)",
     )
-    max_event_loop_lag_ms: float | None = Field(
+    max_event_loop_lag_ms: float = Field(
         150,
-        gt=0,
+        ge=0,
         description="a worker whose event loop runs later than this refuses new streams "
-        "(503, Retry-After) until it catches up; None: only the stream cap",
+        "(503, Retry-After) until it catches up; 0: only the stream cap",
     )
     max_stream_seconds: float = Field(
         300, gt=0, description="longest a stream may run; drain and grace periods derive from it"
