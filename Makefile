@@ -21,7 +21,7 @@ PRINT_REQUIREMENTS := import tomllib; p = tomllib.load(open("pyproject.toml", "r
 	print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))
 
 .PHONY: help venv redis-server chromium js-clients test-servers control-plane run cluster operator constraints manifests chart image image-tools test test-unit \
-	test-integration test-faults test-e2e test-lower-bounds lint format bench bench-auth bench-durability bench-autoscaling bench-operator bench-vectors \
+	test-integration test-faults test-e2e test-lower-bounds lint format bench bench-auth bench-durability bench-overload bench-autoscaling bench-operator bench-vectors \
 	bench-retrieval clean
 
 help: ## list the targets
@@ -213,6 +213,10 @@ bench: venv redis-server test-servers control-plane $(LANGGRAPH_VENV)/.installed
 	$(PY) -m testcluster.bench --out bench-results
 	$(PY) -m bench.autoscaling --measure --out bench-results
 	$(PY) -m bench.auth --out bench-results --rounds 8
+	$(PY) -m bench.overload --out bench-results
+
+bench-overload: venv redis-server ## one worker at 1x, 2x and 5x its capacity: what the cap and the loop-lag budget shed
+	$(PY) -m bench.overload --out bench-results --ramp-seconds 0
 
 bench-durability: venv redis-server test-servers ## checkpoint writes with and without AOF, a killed Redis's recovery, Redis 200 ms away (Toxiproxy), retention
 	$(PY) -m bench.durability --out bench-results
