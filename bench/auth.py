@@ -111,7 +111,7 @@ def serve(
     return Server(name, url, loadgen.APIS["rillet"], "rillet", proc, api_key)
 
 
-def _median(rows: list[dict[str, Any]], *path: str) -> float | None:
+def median_of(rows: list[dict[str, Any]], *path: str) -> float | None:
     values = []
     for row in rows:
         value: Any = row
@@ -131,10 +131,10 @@ def summarize(waves: list[dict[str, Any]], baseline: str = "none") -> dict[str, 
         table[name] = {
             "ok": sum(r["ok"] for r in rows),
             "streams": sum(r["concurrency"] for r in rows),
-            "ttft_p50_ms": _median(rows, "ttft_ms", "p50"),
-            "ttft_p99_ms": _median(rows, "ttft_ms", "p99"),
-            "inter_token_p99_ms": _median(rows, "inter_token_ms", "p99"),
-            "cpu_seconds_per_1000_tokens": _median(rows, "cpu_seconds_per_1000_tokens"),
+            "ttft_p50_ms": median_of(rows, "ttft_ms", "p50"),
+            "ttft_p99_ms": median_of(rows, "ttft_ms", "p99"),
+            "inter_token_p99_ms": median_of(rows, "inter_token_ms", "p99"),
+            "cpu_seconds_per_1000_tokens": median_of(rows, "cpu_seconds_per_1000_tokens"),
         }
     base = table[baseline]
     for row in table.values():

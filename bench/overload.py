@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from contextlib import ExitStack
@@ -34,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from bench.auth import ANSWER_TOKENS, fake_model, serve
+from bench.auth import ANSWER_TOKENS, fake_model, median_of, serve
 from bench.streaming import QUESTION, Server
 from rillet_runtime import loadgen
 from tests.support.processes import RedisServer
@@ -81,15 +80,9 @@ async def wave(server: Server, streams: int, ramp_seconds: float) -> dict[str, A
     }
 
 
-def median_of(rows: list[dict[str, Any]], *path: str) -> float | None:
-    values = []
-    for row in rows:
-        value: Any = row
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, int | float):
-            values.append(float(value))
-    return round(statistics.median(values), 1) if values else None
+def median(rows: list[dict[str, Any]], *path: str) -> float | None:
+    found = median_of(rows, *path)
+    return None if found is None else round(found, 1)
 
 
 def summarize(waves: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -100,14 +93,14 @@ def summarize(waves: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {
             "server": server,
             "streams": streams,
-            "completed": median_of(rows, "completed"),
-            "refused": median_of(rows, "refused"),
-            "refused_p50_ms": median_of(rows, "refused_ms", "p50"),
-            "refused_p99_ms": median_of(rows, "refused_ms", "p99"),
-            "ttft_p50_ms": median_of(rows, "ttft_ms", "p50"),
-            "ttft_p99_ms": median_of(rows, "ttft_ms", "p99"),
-            "inter_token_p99_ms": median_of(rows, "inter_token_ms", "p99"),
-            "cpu_seconds_per_1000_tokens": median_of(rows, "cpu_seconds_per_1000_tokens"),
+            "completed": median(rows, "completed"),
+            "refused": median(rows, "refused"),
+            "refused_p50_ms": median(rows, "refused_ms", "p50"),
+            "refused_p99_ms": median(rows, "refused_ms", "p99"),
+            "ttft_p50_ms": median(rows, "ttft_ms", "p50"),
+            "ttft_p99_ms": median(rows, "ttft_ms", "p99"),
+            "inter_token_p99_ms": median(rows, "inter_token_ms", "p99"),
+            "cpu_seconds_per_1000_tokens": median(rows, "cpu_seconds_per_1000_tokens"),
             "workers_replaced": sum(r["worker_replaced"] for r in rows),
             "other_errors": sum(sum(r["other_errors"].values()) for r in rows),
         }

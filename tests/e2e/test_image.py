@@ -91,6 +91,12 @@ class Image:
     def run(self, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(*args, **options), capture_output=True, text=True)
 
+    def python(self, code: str) -> str:
+        """What `code` prints, run by the image's Python as its user."""
+        done = self.run("python3", "-c", code)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def inspect(self) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(self.output("inspect", "--type", "image", self.tag))
         return found
@@ -139,14 +145,11 @@ def normalized(name: str) -> str:
 
 
 def test_every_installed_package_is_pinned_and_in_the_sbom(image: Image) -> None:
-    listed = image.run(
-        "python3",
-        "-c",
+    listed = image.python(
         "import importlib.metadata as m, json;"
-        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
     )
-    assert listed.returncode == 0, listed.stderr
-    installed = {normalized(name): v for name, v in json.loads(listed.stdout).items()}
+    installed = {normalized(name): v for name, v in json.loads(listed).items()}
     assert installed.pop("rillet") == VERSION
     unpinned = {name: v for name, v in installed.items() if pins().get(name) != v}
     assert not unpinned, f"not as in constraints.txt (run `make constraints`): {unpinned}"
@@ -165,19 +168,16 @@ def test_every_installed_package_is_pinned_and_in_the_sbom(image: Image) -> None
 def test_the_installed_package_is_the_product_and_nothing_else(image: Image) -> None:
     """No benchmark harness, test helper or tooling ships: the installed modules are exactly
     the two packages' sources (plus the docs corpus the built-in index is made from)."""
-    listed = image.run(
-        "python3",
-        "-c",
+    listed = image.python(
         "import importlib.metadata as m;"
-        "print('\\n'.join(str(f) for f in m.files('rillet') if f.suffix == '.py'))",
+        "print('\\n'.join(str(f) for f in m.files('rillet') if f.suffix == '.py'))"
     )
-    assert listed.returncode == 0, listed.stderr
     sources = {
         str(path.relative_to(root))
         for root in (ROOT / "runtime", ROOT / "operator")
         for path in root.glob("rillet_*/**/*.py")
     }
-    assert set(listed.stdout.split()) == sources
+    assert set(listed.split()) == sources
 
 
 def test_the_image_is_the_app_alone_as_a_non_root_user(image: Image) -> None:
