@@ -5,8 +5,9 @@ event loop runs late (CPU-bound: too many streams for this machine, a heavy grap
 every token of every stream it holds, so past `max_loop_lag` it refuses new streams with
 503 and Retry-After, whatever the count, and those it holds keep their pace. The lag is
 sampled by a task that sleeps a short, fixed time and measures how late it wakes, and
-averaged over its last few samples: one late wake (a collection, a worker's first request) sheds
-nothing, a loop that stays late sheds until it catches up.
+averaged over its last few samples: one late wake (a collection, a worker's first request)
+sheds nothing, a loop that stays late sheds until it catches up. A burst is the cap's to
+shed: it is admitted before the loop falls behind (docs/benchmarks.md, Overload).
 
 Draining starts either from SIGTERM (the gunicorn worker calls `begin_drain`) or from the
 drain file that `rillet drain` writes in a Kubernetes preStop hook, which every worker of
