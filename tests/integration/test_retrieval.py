@@ -19,7 +19,7 @@ from httpx_sse import connect_sse
 from rillet_runtime.retrieval import open_retriever
 from rillet_runtime.retrieval.indexes.embedded import VECTORS
 from rillet_runtime.retrieval.retriever import reciprocal_rank_fusion
-from rillet_runtime.settings import Settings
+from rillet_runtime.settings import ServerSettings, Settings
 from tests.fakes.pinecone import fake_pinecone
 from tests.support.processes import free_port, wait_for
 from tests.support.servers import (
@@ -114,8 +114,8 @@ def ask(url: str, question: str) -> list[dict[str, object]]:
 
 def worker_maps(server: RilletServer, name: str) -> list[bool]:
     """Which gunicorn workers map the file, once all of them are up (readiness needs one;
-    the stream capacity gauge sums every started worker's 500)."""
-    line = "rillet_stream_capacity 1000.0"
+    the stream capacity gauge sums every started worker's cap)."""
+    line = f"rillet_stream_capacity {2 * ServerSettings().max_streams_per_worker}.0"
     wait_for(line, lambda: line in server.metrics().splitlines(), timeout=30)
     workers = psutil.Process(server.proc.pid).children()
     return [any(m.path.endswith(name) for m in w.memory_maps(grouped=True)) for w in workers]

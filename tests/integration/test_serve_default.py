@@ -16,6 +16,7 @@ import pytest
 from httpx_sse import aconnect_sse, connect_sse
 
 from rillet_runtime.llm.extractive import PREAMBLE
+from rillet_runtime.settings import ServerSettings
 from tests.support.processes import wait_for
 from tests.support.servers import RilletServer, rillet_server
 
@@ -253,9 +254,10 @@ def test_a_replaced_worker_leaves_the_live_gauges(tmp_path: Path) -> None:
     """A worker killed outright is replaced by gunicorn; its live gauges leave the sums
     (`child_exit` marks it dead), so the pod's capacity stays two workers' worth."""
     capacity = "rillet_stream_capacity"
+    two_workers = 2 * ServerSettings().max_streams_per_worker
     with rillet_server(tmp_path, workers=2) as server:
         master = psutil.Process(server.proc.pid)
-        wait_for("both workers' gauges", lambda: _metric(server.metrics(), capacity) == 1000)
+        wait_for("both workers' gauges", lambda: _metric(server.metrics(), capacity) == two_workers)
         workers_before = master.children()
         doomed = workers_before[0]
         doomed.kill()
@@ -270,7 +272,9 @@ def test_a_replaced_worker_leaves_the_live_gauges(tmp_path: Path) -> None:
         assert not list(files.glob(f"gauge_live*_{doomed.pid}.db"))
         (new_pid,) = {w.pid for w in master.children()} - {w.pid for w in workers_before}
         wait_for("the new worker's gauges", lambda: list(files.glob(f"gauge_live*_{new_pid}.db")))
-        wait_for("two workers' capacity", lambda: _metric(server.metrics(), capacity) == 1000)
+        wait_for(
+            "two workers' capacity", lambda: _metric(server.metrics(), capacity) == two_workers
+        )
         assert _metric(server.metrics(), "rillet_active_streams") == 0
 
 
