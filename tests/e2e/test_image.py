@@ -30,7 +30,7 @@ from rillet_runtime.version import version
 from testcluster import TestCluster
 from testcluster.operator import OperatorProcess
 from tests.e2e.kube import EXAMPLES, manifest, wait_for, wait_ready
-from tests.support.processes import free_port, wait_until_ready
+from tests.support.processes import free_port, stop_process_group, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_USER = "10001:10001"
@@ -306,8 +306,7 @@ def test_the_runtime_serves_from_the_rendered_settings_and_drains(
             timeout=10,
         )
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_process_group(server)  # buildah's session: gunicorn in the container too
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
@@ -354,6 +353,5 @@ def test_the_operator_runs_the_charts_command(
         assert "rillet_operator_reconciles_total" in metrics
         assert f"rillet {VERSION} (revision " in log.read_text(), log.read_text()[-3000:]
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_process_group(proc)
         cluster.kubectl("delete", "namespace", "image-test", "--wait=false")
